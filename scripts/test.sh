@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test against the real peers. Installs what the tests need first, so it works on a
+# fresh Debian 12 machine with Rust, Python 3 and a running Docker engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+python3 -c 'import oras' 2>/dev/null || pip install -q oras==0.2.43
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --release -- -D warnings
+cargo test --release -- --test-threads=2

@@ -1,0 +1,195 @@
+//! The HTTP face of the registry: the OCI Distribution API under `/v2/`.
+//!
+//! [`Api::handle`] parses the route once and hands the request to a thin handler that validates
+//! input, calls the store and shapes the reply. Every failure is an [`Error`] rendered as OCI
+//! error JSON, so no request can end in a panic or a bare 500.
+
+mod blobs;
+mod listings;
+mod manifests;
+pub mod response;
+pub mod route;
+mod uploads;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::BodyStream;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::oci::{Error, ErrorCode, RepositoryName, Result};
+use crate::store::Store;
+use response::{error_response, Body, Reply, DOCKER_API_VERSION};
+use route::Route;
+
+pub struct Api {
+    store: Arc<Store>,
+}
+
+impl Api {
+    pub fn new(store: Arc<Store>) -> Api {
+        Api { store }
+    }
+
+    /// Answer one request. Never fails: errors become OCI error responses.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let result = self.dispatch(req).await;
+        let mut response = match result {
+            Ok(reply) => reply.build(),
+            Err(err) => {
+                match err.code() {
+                    ErrorCode::Unknown | ErrorCode::InsufficientStorage => {
+                        tracing::error!(%method, %path, error = %err, "request failed")
+                    }
+                    _ => tracing::debug!(%method, %path, error = %err, "request refused"),
+                }
+                error_response(&err)
+            }
+        };
+        response
+            .headers_mut()
+            .insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
+        tracing::debug!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let route = Route::parse(&path);
+        let store = &self.store;
+        match (route, &method) {
+            (Route::Base, &Method::GET | &Method::HEAD) => {
+                Ok(Reply::new(StatusCode::OK).bytes("application/json", "{}"))
+            }
+            (Route::Catalog, &Method::GET) => listings::catalog(store, &req),
+            (Route::Tags { name }, &Method::GET) => listings::tags(store, &repo(name)?, &req),
+            (Route::Referrers { name, digest }, &Method::GET) => {
+                listings::referrers(store, &repo(name)?, digest, &req)
+            }
+            (Route::Manifest { name, reference }, m) if is_read(m) => {
+                manifests::get(store, &repo(name)?, reference, m == Method::HEAD)
+            }
+            (Route::Manifest { name, reference }, &Method::PUT) => {
+                manifests::put(store, &repo(name)?, reference, req).await
+            }
+            (Route::Manifest { name, reference }, &Method::DELETE) => {
+                manifests::delete(store, &repo(name)?, reference).await
+            }
+            (Route::Blob { name, digest }, m) if is_read(m) => {
+                blobs::get(store, &repo(name)?, digest, &req, m == Method::HEAD)
+            }
+            (Route::Blob { name, digest }, &Method::DELETE) => {
+                blobs::delete(store, &repo(name)?, digest).await
+            }
+            (Route::UploadStart { name }, &Method::POST) => {
+                uploads::start(store, &repo(name)?, req).await
+            }
+            (Route::Upload { name, id }, &Method::GET) => uploads::status(store, &repo(name)?, id),
+            (Route::Upload { name, id }, &Method::PATCH) => {
+                uploads::patch(store, &repo(name)?, id, req).await
+            }
+            (Route::Upload { name, id }, &Method::PUT) => {
+                uploads::finish(store, &repo(name)?, id, req).await
+            }
+            (Route::Upload { name, id }, &Method::DELETE) => {
+                uploads::cancel(store, &repo(name)?, id).await
+            }
+            (Route::NotFound, _) => Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no such endpoint: {}", short(&path)),
+            )),
+            (_, m) => Err(Error::new(
+                ErrorCode::MethodNotAllowed,
+                format!("method {m} is not supported on {}", short(&path)),
+            )),
+        }
+    }
+}
+
+fn is_read(m: &Method) -> bool {
+    m == Method::GET || m == Method::HEAD
+}
+
+fn repo(name: &str) -> Result<RepositoryName> {
+    name.parse()
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The query string's key/value pairs.
+pub(crate) fn query<B>(req: &Request<B>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub(crate) fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Option<&'q str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+pub(crate) fn header<B>(
+    req: &Request<B>,
+    name: hyper::header::HeaderName,
+) -> Result<Option<&str>> {
+    match req.headers().get(&name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            Error::new(
+                ErrorCode::BadRequest,
+                format!("header {name} is not valid text"),
+            )
+        }),
+    }
+}
+
+/// `Content-Length` as a number, if sent.
+pub(crate) fn content_length<B>(req: &Request<B>) -> Result<Option<u64>> {
+    header(req, hyper::header::CONTENT_LENGTH)?
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                Error::new(
+                    ErrorCode::BadRequest,
+                    format!("invalid Content-Length {v:?}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The request body as a stream of data chunks for the store.
+pub(crate) fn body_stream(
+    req: Request<Incoming>,
+) -> impl Stream<Item = io::Result<Bytes>> + Unpin + Send {
+    Box::pin(
+        BodyStream::new(req.into_body()).filter_map(|frame| async move {
+            match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(io::Error::other(e))),
+            }
+        }),
+    )
+}

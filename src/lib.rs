@@ -1,0 +1,9 @@
+//! connected-registry: an on-premises OCI registry that keeps a chosen subset of repositories in
+//! sync with a parent. See DESIGN.md for the shape: config → api → store, with sync and the IoT
+//! Edge module client around them.
+
+pub mod api;
+pub mod config;
+pub mod oci;
+pub mod server;
+pub mod store;

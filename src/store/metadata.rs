@@ -1,0 +1,172 @@
+//! The sled trees behind the store and how their keys and values are laid out.
+//!
+//! Keys join repository, digest and tag with a NUL byte, which none of them can contain, so a
+//! prefix scan on `repo\0` sees exactly that repository and sorts lexically by the next part.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+
+use crate::oci::{Digest, Error, ErrorCode, MediaType, RepositoryName, Result};
+
+pub(super) struct Trees {
+    /// repository name → ()
+    pub repos: sled::Tree,
+    /// repo\0digest → blob size (u64 BE)
+    pub blob_links: sled::Tree,
+    /// digest → [`ManifestRecord`]
+    pub manifests: sled::Tree,
+    /// repo\0digest → ()
+    pub manifest_links: sled::Tree,
+    /// repo\0tag → digest
+    pub tags: sled::Tree,
+    /// repo\0subject\0referrer → referrer descriptor JSON
+    pub referrers: sled::Tree,
+    /// upload id → upload record JSON
+    pub uploads: sled::Tree,
+    /// sequence (u64 BE) → [`ChangeEvent`] JSON
+    pub changes: sled::Tree,
+}
+
+impl Trees {
+    pub fn open(db: &sled::Db) -> Result<Trees> {
+        Ok(Trees {
+            repos: db.open_tree("repos")?,
+            blob_links: db.open_tree("blob_links")?,
+            manifests: db.open_tree("manifests")?,
+            manifest_links: db.open_tree("manifest_links")?,
+            tags: db.open_tree("tags")?,
+            referrers: db.open_tree("referrers")?,
+            uploads: db.open_tree("uploads")?,
+            changes: db.open_tree("changes")?,
+        })
+    }
+}
+
+pub(super) fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+pub(super) fn key3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = key2(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+pub(super) fn decode_u64(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+pub(super) fn decode_digest(v: &[u8]) -> Result<Digest> {
+    std::str::from_utf8(v)
+        .map_err(|_| corrupt("digest is not UTF-8"))?
+        .parse()
+        .map_err(|_| corrupt("stored digest is invalid"))
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::new(ErrorCode::Unknown, format!("corrupt metadata: {what}"))
+}
+
+/// A manifest's media type (one byte) followed by its exact bytes.
+pub(super) struct ManifestRecord {
+    pub media_type: MediaType,
+    pub bytes: Bytes,
+}
+
+impl ManifestRecord {
+    pub fn encode(media_type: MediaType, bytes: &[u8]) -> Vec<u8> {
+        let code = match media_type {
+            MediaType::OciManifest => 0u8,
+            MediaType::OciIndex => 1,
+            MediaType::DockerManifest => 2,
+            MediaType::DockerManifestList => 3,
+        };
+        let mut v = Vec::with_capacity(bytes.len() + 1);
+        v.push(code);
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<ManifestRecord> {
+        let (&code, rest) = v
+            .split_first()
+            .ok_or_else(|| corrupt("empty manifest record"))?;
+        let media_type = match code {
+            0 => MediaType::OciManifest,
+            1 => MediaType::OciIndex,
+            2 => MediaType::DockerManifest,
+            3 => MediaType::DockerManifestList,
+            _ => return Err(corrupt("unknown manifest media type code")),
+        };
+        Ok(ManifestRecord {
+            media_type,
+            bytes: Bytes::copy_from_slice(rest),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    /// A manifest arrived in the repository (with the tag it was pushed under, if any).
+    Push,
+    /// A tag now points at a manifest that was already there.
+    Tag,
+    Untag,
+    /// A manifest left the repository.
+    Delete,
+}
+
+/// One entry of the change log that children follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub seq: u64,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub repository: String,
+    pub action: ChangeAction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub digest: String,
+}
+
+pub(super) fn record_change(
+    changes: &TransactionalTree,
+    repo: &RepositoryName,
+    action: ChangeAction,
+    tag: Option<String>,
+    digest: &str,
+) -> std::result::Result<(), UnabortableTransactionError> {
+    // generate_id is strictly increasing across restarts, which is all the feed needs.
+    let seq = changes.generate_id()? + 1;
+    let event = ChangeEvent {
+        seq,
+        time: chrono::Utc::now(),
+        repository: repo.to_string(),
+        action,
+        tag,
+        digest: digest.to_owned(),
+    };
+    let json = serde_json::to_vec(&event).expect("change events serialise");
+    changes.insert(&seq.to_be_bytes(), json)?;
+    Ok(())
+}
+
+pub(super) fn changes_since(
+    changes: &sled::Tree,
+    since: u64,
+    limit: usize,
+) -> Result<Vec<ChangeEvent>> {
+    let start = since.saturating_add(1).to_be_bytes();
+    let mut out = Vec::new();
+    for item in changes.range(start..).take(limit) {
+        let (_, v) = item?;
+        out.push(serde_json::from_slice(&v).map_err(|_| corrupt("change event"))?);
+    }
+    Ok(out)
+}

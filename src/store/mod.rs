@@ -1,0 +1,531 @@
+//! Storage: blob files addressed by digest plus metadata in sled. Knows nothing of HTTP.
+//!
+//! Blobs live in [`blobs::BlobFiles`]; everything else (which repository links which blob and
+//! manifest, tags, referrers, upload sessions, the change log) lives in sled trees and changes
+//! only inside transactions, each flushed before the caller is told it succeeded. Content is
+//! always written before the metadata that makes it visible, so a crash at any point leaves either
+//! the old state or the new one, plus at most unreferenced bytes that GC reclaims.
+
+pub mod blobs;
+mod metadata;
+mod uploads;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use crate::oci::manifest::ReferrerDescriptor;
+use crate::oci::{
+    Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName, Result, Tag,
+};
+pub use blobs::BlobFiles;
+use metadata::{key2, key3, ManifestRecord, Trees};
+pub use metadata::{ChangeAction, ChangeEvent};
+pub use uploads::{UploadId, UploadStatus};
+
+/// A manifest as stored: its digest, media type and exact bytes.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: MediaType,
+    pub bytes: Bytes,
+}
+
+/// Result of a manifest put.
+#[derive(Debug, Clone)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: sled::Db,
+    trees: Trees,
+    files: BlobFiles,
+    uploads: uploads::Sessions,
+}
+
+impl Store {
+    /// Open (or create) the store under `root`, removing what a crash may have left half-done.
+    pub fn open(root: &Path) -> Result<Arc<Store>> {
+        use crate::oci::error::IoContext;
+        std::fs::create_dir_all(root).context(|| format!("creating data directory {root:?}"))?;
+        let db = sled::Config::new()
+            .path(root.join("metadata"))
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(source) => Error::Io {
+                    context: format!(
+                        "opening metadata database in {root:?} (is another instance using it?)"
+                    ),
+                    source,
+                },
+                other => Error::Db(other),
+            })?;
+        let trees = Trees::open(&db)?;
+        let files = BlobFiles::new(root)?;
+        let store = Store {
+            root: root.to_owned(),
+            db,
+            trees,
+            files,
+            uploads: uploads::Sessions::new(root)?,
+        };
+        let removed = store.files.clean_temp()?;
+        let (stale_files, stale_records) = store.reconcile_uploads()?;
+        if removed + stale_files + stale_records > 0 {
+            tracing::info!(
+                temp_files = removed,
+                orphan_upload_files = stale_files,
+                orphan_upload_records = stale_records,
+                "cleaned up after an unclean stop"
+            );
+        }
+        Ok(Arc::new(store))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Make every committed change durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ---- blobs -------------------------------------------------------------------------------
+
+    /// Size of `digest` if `repo` links it.
+    pub fn blob_size(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+        let key = key2(repo.as_str(), &digest.to_string());
+        Ok(self
+            .trees
+            .blob_links
+            .get(key)?
+            .map(|v| metadata::decode_u64(&v)))
+    }
+
+    /// Stream `len` bytes of blob `digest` from `start`. The caller checked the link.
+    pub fn read_blob(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
+        self.files.read_stream(digest, start, len)
+    }
+
+    /// Unlink `digest` from `repo`. The file stays until garbage collection.
+    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        let key = key2(repo.as_str(), &digest.to_string());
+        if self.trees.blob_links.remove(key)?.is_none() {
+            return Err(blob_unknown(digest));
+        }
+        self.flush().await
+    }
+
+    /// Link an existing blob of `from` into `repo` (cross-repository mount). `Ok(None)` when the
+    /// blob is not mountable (unknown in `from`), so the caller can fall back to an upload.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let Some(size) = self.blob_size(from, digest)? else {
+            return Ok(None);
+        };
+        if !self.files.exists(digest) {
+            return Ok(None);
+        }
+        self.link_blob(repo, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    async fn link_blob(&self, repo: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
+        let t = &self.trees;
+        (&t.blob_links, &t.repos)
+            .transaction(|(links, repos)| {
+                links.insert(
+                    key2(repo.as_str(), &digest.to_string()),
+                    &size.to_be_bytes(),
+                )?;
+                repos.insert(repo.as_str().as_bytes(), &[])?;
+                Ok(())
+            })
+            .map_err(Error::from)?;
+        self.flush().await
+    }
+
+    /// Store a complete blob from a stream (monolithic upload), verifying it against `digest`.
+    pub async fn put_blob<S>(&self, repo: &RepositoryName, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let (file, tmp_path) = self.files.new_temp()?;
+        let result = async {
+            let appended =
+                blobs::append_stream(file, Some(digest.algorithm().hasher()), body, 0).await?;
+            if let Some(e) = appended.body_error {
+                return Err(blobs::body_error(e));
+            }
+            let actual = appended.hasher.expect("hasher given").finish();
+            verify_digest(digest, &actual)?;
+            drop(appended.file);
+            self.files.commit(&tmp_path, digest)?;
+            Ok(appended.written)
+        }
+        .await;
+        match result {
+            Ok(size) => {
+                self.link_blob(repo, digest, size).await?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp_path);
+                Err(e)
+            }
+        }
+    }
+
+    // ---- manifests ---------------------------------------------------------------------------
+
+    /// Resolve `reference` in `repo` to its stored manifest.
+    pub fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let digest = match reference {
+            Reference::Tag(tag) => {
+                let target = self
+                    .trees
+                    .tags
+                    .get(key2(repo.as_str(), tag.as_str()))?
+                    .ok_or_else(|| manifest_unknown(reference))?;
+                metadata::decode_digest(&target)?
+            }
+            Reference::Digest(d) => {
+                if !self
+                    .trees
+                    .manifest_links
+                    .contains_key(key2(repo.as_str(), &d.to_string()))?
+                {
+                    return Err(manifest_unknown(reference));
+                }
+                d.clone()
+            }
+        };
+        let record = self
+            .trees
+            .manifests
+            .get(digest.to_string())?
+            .ok_or_else(|| manifest_unknown(reference))?;
+        let record = ManifestRecord::decode(&record)?;
+        Ok(StoredManifest {
+            digest,
+            media_type: record.media_type,
+            bytes: record.bytes,
+        })
+    }
+
+    /// Store manifest `bytes` in `repo` under `reference`. Everything it references must already
+    /// be in `repo`; the manifest, its tag, its referrer entry and the change event become
+    /// visible together.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        let parsed = ParsedManifest::parse(content_type, &bytes)?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = Digest::of(expected.algorithm(), &bytes);
+                verify_digest(expected, &actual)?;
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        };
+        let digest_str = digest.to_string();
+        let record = ManifestRecord::encode(parsed.media_type, &bytes);
+        let referrer = parsed
+            .subject
+            .as_ref()
+            .map(|s| {
+                let d = parsed.referrer_descriptor(&digest, bytes.len() as u64);
+                (
+                    key3(repo.as_str(), &s.to_string(), &digest_str),
+                    serde_json::to_vec(&d),
+                )
+            })
+            .map(|(k, v)| v.map(|v| (k, v)))
+            .transpose()
+            .map_err(|e| Error::new(ErrorCode::Unknown, e.to_string()))?;
+
+        let t = &self.trees;
+        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.tags, &t.referrers, &t.changes)
+            .transaction(|(repos, blob_links, manifests, manifest_links, tags, referrers, changes)| {
+                for blob in &parsed.blobs {
+                    if blob_links.get(key2(repo.as_str(), &blob.to_string()))?.is_none() {
+                        return abort(Error::new(
+                            ErrorCode::ManifestBlobUnknown,
+                            format!("blob {blob} referenced by the manifest is not in repository {repo}"),
+                        )
+                        .with_detail(serde_json::json!({ "digest": blob.to_string() })));
+                    }
+                }
+                for child in &parsed.children {
+                    if manifest_links.get(key2(repo.as_str(), &child.to_string()))?.is_none() {
+                        return abort(Error::new(
+                            ErrorCode::ManifestUnknown,
+                            format!("manifest {child} referenced by the index is not in repository {repo}"),
+                        )
+                        .with_detail(serde_json::json!({ "digest": child.to_string() })));
+                    }
+                }
+                repos.insert(repo.as_str().as_bytes(), &[])?;
+                manifests.insert(digest_str.as_bytes(), record.as_slice())?;
+                let link_key = key2(repo.as_str(), &digest_str);
+                let new_in_repo = manifest_links.insert(link_key, &[])?.is_none();
+                if let Some((key, descriptor)) = &referrer {
+                    referrers.insert(key.as_slice(), descriptor.as_slice())?;
+                }
+                let mut events = Vec::new();
+                if new_in_repo {
+                    events.push((ChangeAction::Push, tag.as_ref().map(|t| t.to_string())));
+                }
+                if let Some(tag) = &tag {
+                    let previous = tags.insert(key2(repo.as_str(), tag.as_str()), digest_str.as_bytes())?;
+                    let moved = previous.as_deref() != Some(digest_str.as_bytes());
+                    if moved && !new_in_repo {
+                        events.push((ChangeAction::Tag, Some(tag.to_string())));
+                    }
+                }
+                for (action, tag) in events {
+                    metadata::record_change(changes, repo, action, tag, &digest_str)?;
+                }
+                Ok(())
+            })?;
+        self.flush().await?;
+        Ok(PutManifest {
+            digest,
+            subject: parsed.subject,
+        })
+    }
+
+    /// Delete by digest (the manifest leaves `repo`, with every tag pointing at it) or by tag
+    /// (only the tag goes).
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
+        match reference {
+            Reference::Tag(tag) => self.delete_tag(repo, tag).await,
+            Reference::Digest(digest) => self.delete_manifest_digest(repo, digest).await,
+        }
+    }
+
+    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<()> {
+        let t = &self.trees;
+        let key = key2(repo.as_str(), tag.as_str());
+        (&t.tags, &t.changes).transaction(|(tags, changes)| {
+            let Some(target) = tags.remove(key.as_slice())? else {
+                return abort(manifest_unknown(&Reference::Tag(tag.clone())));
+            };
+            let digest = String::from_utf8_lossy(&target).into_owned();
+            metadata::record_change(
+                changes,
+                repo,
+                ChangeAction::Untag,
+                Some(tag.to_string()),
+                &digest,
+            )?;
+            Ok(())
+        })?;
+        self.flush().await
+    }
+
+    async fn delete_manifest_digest(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        let digest_str = digest.to_string();
+        let stored = self.get_manifest(repo, &Reference::Digest(digest.clone()))?;
+        let subject = ParsedManifest::parse(Some(stored.media_type.as_str()), &stored.bytes)
+            .ok()
+            .and_then(|p| p.subject);
+        let tag_keys: Vec<(sled::IVec, String)> = self
+            .trees
+            .tags
+            .scan_prefix(key2(repo.as_str(), ""))
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| v.as_ref() == digest_str.as_bytes())
+            .map(|(k, _)| {
+                let tag = String::from_utf8_lossy(&k[repo.as_str().len() + 1..]).into_owned();
+                (k, tag)
+            })
+            .collect();
+        let t = &self.trees;
+        (&t.manifest_links, &t.tags, &t.referrers, &t.changes).transaction(
+            |(manifest_links, tags, referrers, changes)| {
+                if manifest_links
+                    .remove(key2(repo.as_str(), &digest_str))?
+                    .is_none()
+                {
+                    return abort(manifest_unknown(&Reference::Digest(digest.clone())));
+                }
+                for (key, tag) in &tag_keys {
+                    if tags.get(key)?.as_deref() == Some(digest_str.as_bytes()) {
+                        tags.remove(key)?;
+                        metadata::record_change(
+                            changes,
+                            repo,
+                            ChangeAction::Untag,
+                            Some(tag.clone()),
+                            &digest_str,
+                        )?;
+                    }
+                }
+                if let Some(subject) = &subject {
+                    referrers.remove(key3(repo.as_str(), &subject.to_string(), &digest_str))?;
+                }
+                metadata::record_change(changes, repo, ChangeAction::Delete, None, &digest_str)?;
+                Ok(())
+            },
+        )?;
+        self.flush().await
+    }
+
+    // ---- listings ----------------------------------------------------------------------------
+
+    pub fn repository_exists(&self, repo: &RepositoryName) -> Result<bool> {
+        Ok(self.trees.repos.contains_key(repo.as_str())?)
+    }
+
+    /// Tags of `repo` in lexical order, at most `n`, after `last`.
+    pub fn list_tags(
+        &self,
+        repo: &RepositoryName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>> {
+        if !self.repository_exists(repo)? {
+            return Err(Error::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repo} is not known to this registry"),
+            ));
+        }
+        let prefix = key2(repo.as_str(), "");
+        let start = match last {
+            Some(last) => {
+                let mut k = key2(repo.as_str(), last);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut tags = Vec::new();
+        for item in self.trees.tags.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || n.is_some_and(|n| tags.len() >= n) {
+                break;
+            }
+            tags.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(tags)
+    }
+
+    /// Repository names in lexical order, at most `n`, after `last`.
+    pub fn list_repositories(&self, n: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
+        let iter = match last {
+            Some(last) => {
+                let mut start = last.as_bytes().to_vec();
+                start.push(0);
+                self.trees.repos.range(start..)
+            }
+            None => self.trees.repos.range::<&[u8], _>(..),
+        };
+        let mut names = Vec::new();
+        for item in iter {
+            if n.is_some_and(|n| names.len() >= n) {
+                break;
+            }
+            let (k, _) = item?;
+            names.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(names)
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`, optionally only those
+    /// of one artifact type.
+    pub fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ReferrerDescriptor>> {
+        let prefix = key3(repo.as_str(), &subject.to_string(), "");
+        let mut out = Vec::new();
+        for item in self.trees.referrers.scan_prefix(prefix) {
+            let (_, v) = item?;
+            let d: ReferrerDescriptor = serde_json::from_slice(&v).map_err(|e| {
+                Error::new(ErrorCode::Unknown, format!("corrupt referrer record: {e}"))
+            })?;
+            if artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t)) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Change events with sequence number greater than `since`, oldest first, at most `limit`.
+    pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
+        metadata::changes_since(&self.trees.changes, since, limit)
+    }
+}
+
+fn abort<T>(e: Error) -> std::result::Result<T, ConflictableTransactionError<Error>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+pub(crate) fn verify_digest(expected: &Digest, actual: &Digest) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::DigestInvalid,
+            format!("content digest {actual} does not match the digest given, {expected}"),
+        )
+        .with_detail(
+            serde_json::json!({ "expected": expected.to_string(), "actual": actual.to_string() }),
+        ))
+    }
+}
+
+pub(crate) fn blob_unknown(digest: &Digest) -> Error {
+    Error::new(
+        ErrorCode::BlobUnknown,
+        format!("blob {digest} is not in this repository"),
+    )
+    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+}
+
+fn manifest_unknown(reference: &Reference) -> Error {
+    Error::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in this repository"),
+    )
+}

@@ -1,0 +1,281 @@
+//! Blob upload sessions: `POST` opens one, `PATCH` appends, `PUT` verifies and commits.
+//!
+//! The bytes of a session live in `uploads/<id>` and its record (which repository, when) in sled,
+//! so a session survives a restart: its offset is the file's length. The running hash is kept in
+//! memory while the server lives; after a restart the file is hashed again at commit.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use super::blobs::{self, append_stream};
+use super::metadata::key2;
+use super::{verify_digest, Store};
+use crate::oci::error::IoContext;
+use crate::oci::{Algorithm, Digest, Error, ErrorCode, Hasher, RepositoryName, Result};
+
+pub type UploadId = uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: UploadId,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UploadRecord {
+    repository: String,
+    started: chrono::DateTime<chrono::Utc>,
+}
+
+/// In-memory state of sessions touched since start-up; the lock serialises requests on one
+/// session.
+pub(super) struct Sessions {
+    dir: PathBuf,
+    live: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<RunningHash>>>>,
+}
+
+/// The hash of the first `offset` bytes of the session, when known.
+#[derive(Default)]
+struct RunningHash {
+    state: Option<(u64, Hasher)>,
+}
+
+impl Sessions {
+    pub fn new(root: &Path) -> Result<Sessions> {
+        let dir = root.join("uploads");
+        fs::create_dir_all(&dir).context(|| format!("creating {dir:?}"))?;
+        Ok(Sessions {
+            dir,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, id: &UploadId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    fn lock_for(&self, id: &UploadId) -> Arc<tokio::sync::Mutex<RunningHash>> {
+        self.live
+            .lock()
+            .expect("upload map lock")
+            .entry(*id)
+            .or_default()
+            .clone()
+    }
+
+    fn forget(&self, id: &UploadId) {
+        self.live.lock().expect("upload map lock").remove(id);
+    }
+}
+
+impl Store {
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus> {
+        let id = uuid::Uuid::new_v4();
+        let path = self.uploads.path(&id);
+        fs::File::create(&path).context(|| format!("creating {path:?}"))?;
+        let record = UploadRecord {
+            repository: repo.to_string(),
+            started: chrono::Utc::now(),
+        };
+        self.trees.uploads.insert(
+            id.to_string(),
+            serde_json::to_vec(&record).expect("upload record serialises"),
+        )?;
+        self.flush().await?;
+        self.uploads.lock_for(&id).lock().await.state = Some((0, Algorithm::Sha256.hasher()));
+        Ok(UploadStatus { id, offset: 0 })
+    }
+
+    fn check_upload(&self, repo: &RepositoryName, id: &UploadId) -> Result<PathBuf> {
+        let unknown = || {
+            Error::new(
+                ErrorCode::BlobUploadUnknown,
+                format!("upload {id} is not in progress in repository {repo}"),
+            )
+        };
+        let record = self
+            .trees
+            .uploads
+            .get(id.to_string())?
+            .ok_or_else(unknown)?;
+        let record: UploadRecord = serde_json::from_slice(&record).map_err(|_| unknown())?;
+        if record.repository != repo.as_str() {
+            return Err(unknown());
+        }
+        Ok(self.uploads.path(id))
+    }
+
+    pub fn upload_status(&self, repo: &RepositoryName, id: &UploadId) -> Result<UploadStatus> {
+        let path = self.check_upload(repo, id)?;
+        let offset = file_len(&path)?;
+        Ok(UploadStatus { id: *id, offset })
+    }
+
+    /// Append `body` to the session. With `start` (from `Content-Range`), the chunk must begin
+    /// exactly where the session ends, else `RangeInvalid`.
+    pub async fn append_upload<S>(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<UploadStatus>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let path = self.check_upload(repo, id)?;
+        let lock = self.uploads.lock_for(id);
+        let mut running = lock.lock().await;
+        let offset = self.append_locked(&path, &mut running, start, body).await?;
+        Ok(UploadStatus { id: *id, offset })
+    }
+
+    async fn append_locked<S>(
+        &self,
+        path: &Path,
+        running: &mut RunningHash,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let offset = file_len(path)?;
+        if let Some(start) = start {
+            if start != offset {
+                return Err(Error::new(
+                    ErrorCode::RangeInvalid,
+                    format!("chunk starts at byte {start} but the upload has {offset} bytes; send the chunk that starts at {offset}"),
+                ));
+            }
+        }
+        let hasher = match running.state.take() {
+            Some((hashed, h)) if hashed == offset => Some(h),
+            _ => None,
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .context(|| format!("opening {path:?}"))?;
+        let appended = append_stream(file, hasher, body, offset).await?;
+        let new_offset = offset + appended.written;
+        running.state = appended.hasher.map(|h| (new_offset, h));
+        if let Some(e) = appended.body_error {
+            return Err(blobs::body_error(e));
+        }
+        Ok(new_offset)
+    }
+
+    /// Append the final `body` (may be empty), verify the whole upload against `digest` and make
+    /// it a blob of `repo`. A mismatch discards the session.
+    pub async fn finish_upload<S>(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        digest: &Digest,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Unpin,
+    {
+        let path = self.check_upload(repo, id)?;
+        let lock = self.uploads.lock_for(id);
+        let mut running = lock.lock().await;
+        let size = self.append_locked(&path, &mut running, start, body).await?;
+        let actual = match running.state.take() {
+            Some((hashed, h)) if hashed == size && digest.algorithm() == Algorithm::Sha256 => {
+                h.finish()
+            }
+            _ => {
+                let path = path.clone();
+                let algorithm = digest.algorithm();
+                tokio::task::spawn_blocking(move || blobs::hash_file(&path, algorithm.hasher()))
+                    .await
+                    .map_err(|e| {
+                        Error::new(ErrorCode::Unknown, format!("hash task failed: {e}"))
+                    })??
+            }
+        };
+        if let Err(e) = verify_digest(digest, &actual) {
+            self.remove_upload(id, &path).await?;
+            return Err(e);
+        }
+        let files = self.files.clone();
+        let (src, d) = (path.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || files.commit(&src, &d))
+            .await
+            .map_err(|e| Error::new(ErrorCode::Unknown, format!("commit task failed: {e}")))??;
+        let t = &self.trees;
+        let link = key2(repo.as_str(), &digest.to_string());
+        (&t.uploads, &t.blob_links, &t.repos).transaction(|(uploads, links, repos)| {
+            uploads.remove(id.to_string().as_bytes())?;
+            links.insert(link.as_slice(), &size.to_be_bytes())?;
+            repos.insert(repo.as_str().as_bytes(), &[])?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<Error>>(())
+        })?;
+        self.flush().await?;
+        drop(running);
+        self.uploads.forget(id);
+        Ok(size)
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepositoryName, id: &UploadId) -> Result<()> {
+        let path = self.check_upload(repo, id)?;
+        let lock = self.uploads.lock_for(id);
+        let _running = lock.lock().await;
+        self.remove_upload(id, &path).await?;
+        self.uploads.forget(id);
+        Ok(())
+    }
+
+    async fn remove_upload(&self, id: &UploadId, path: &Path) -> Result<()> {
+        self.trees.uploads.remove(id.to_string())?;
+        self.flush().await?;
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).context(|| format!("removing {path:?}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove upload files without a record and records without a file (a crash between the two
+    /// steps of starting or finishing a session).
+    pub(super) fn reconcile_uploads(&self) -> Result<(usize, usize)> {
+        let mut stale_files = 0;
+        for entry in fs::read_dir(&self.uploads.dir).context(|| "listing uploads".to_owned())? {
+            let entry = entry.context(|| "listing uploads".to_owned())?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !self.trees.uploads.contains_key(name.as_bytes())? {
+                fs::remove_file(entry.path()).context(|| format!("removing {:?}", entry.path()))?;
+                stale_files += 1;
+            }
+        }
+        let mut stale_records = 0;
+        for item in self.trees.uploads.iter() {
+            let (k, _) = item?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if !self.uploads.dir.join(&name).is_file() {
+                self.trees.uploads.remove(&k)?;
+                stale_records += 1;
+            }
+        }
+        Ok((stale_files, stale_records))
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    fs::metadata(path)
+        .map(|m| m.len())
+        .context(|| format!("reading size of {path:?}"))
+}
