@@ -113,10 +113,14 @@ impl Api {
                 ErrorCode::NotFound,
                 format!("no such endpoint: {}", short(&path)),
             )),
-            (_, m) => Err(Error::new(
-                ErrorCode::MethodNotAllowed,
-                format!("method {m} is not supported on {}", short(&path)),
-            )),
+            (route, m) => {
+                // A bad name is the more useful answer than a bad method.
+                route.name().map(repo).transpose()?;
+                Err(Error::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("method {m} is not supported on {}", short(&path)),
+                ))
+            }
         }
     }
 }
@@ -151,10 +155,7 @@ pub(crate) fn query_value<'q>(query: &'q [(String, String)], key: &str) -> Optio
         .map(|(_, v)| v.as_str())
 }
 
-pub(crate) fn header<B>(
-    req: &Request<B>,
-    name: hyper::header::HeaderName,
-) -> Result<Option<&str>> {
+pub(crate) fn header<B>(req: &Request<B>, name: hyper::header::HeaderName) -> Result<Option<&str>> {
     match req.headers().get(&name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| {

@@ -15,6 +15,19 @@ pub enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
+    /// The repository name the route addresses, if any.
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::UploadStart { name }
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
+            Route::Base | Route::Catalog | Route::NotFound => None,
+        }
+    }
+
     pub fn parse(path: &'a str) -> Route<'a> {
         let Some(rest) = path.strip_prefix("/v2") else {
             return Route::NotFound;

@@ -18,6 +18,8 @@ pub enum ErrorCode {
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
+    /// An index refers to a manifest the repository does not have (a bad push, so 400).
+    ManifestChildUnknown,
     NameInvalid,
     NameUnknown,
     SizeInvalid,
@@ -52,7 +54,7 @@ impl ErrorCode {
             ErrorCode::DigestInvalid => "DIGEST_INVALID",
             ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
             ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
-            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::ManifestUnknown | ErrorCode::ManifestChildUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::SizeInvalid => "SIZE_INVALID",
@@ -83,6 +85,7 @@ impl ErrorCode {
             ErrorCode::BlobUploadInvalid
             | ErrorCode::DigestInvalid
             | ErrorCode::ManifestBlobUnknown
+            | ErrorCode::ManifestChildUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
             | ErrorCode::SizeInvalid

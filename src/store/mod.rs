@@ -292,7 +292,7 @@ impl Store {
                 for child in &parsed.children {
                     if manifest_links.get(key2(repo.as_str(), &child.to_string()))?.is_none() {
                         return abort(Error::new(
-                            ErrorCode::ManifestUnknown,
+                            ErrorCode::ManifestChildUnknown,
                             format!("manifest {child} referenced by the index is not in repository {repo}"),
                         )
                         .with_detail(serde_json::json!({ "digest": child.to_string() })));
