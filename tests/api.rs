@@ -631,6 +631,7 @@ fn manifest_errors() {
             break;
         }
     }
+    let _ = s.write_all(b"0\r\n\r\n");
     let mut resp = [0u8; 12];
     s.read_exact(&mut resp).unwrap();
     assert_eq!(&resp, b"HTTP/1.1 413");

@@ -1,6 +1,7 @@
 //! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
-use http_body_util::{BodyExt, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, ETAG, LOCATION};
 use hyper::{Request, StatusCode};
@@ -50,24 +51,30 @@ pub async fn put(
             ),
         )
     };
-    if content_length(&req)?.is_some_and(|len| len > MAX_MANIFEST_BYTES as u64) {
+    let declared = content_length(&req)?;
+    let content_type = super::header(&req, CONTENT_TYPE)?.map(str::to_owned);
+    let mut body = req.into_body();
+    if declared.is_some_and(|len| len > MAX_MANIFEST_BYTES as u64) {
+        drain(&mut body).await;
         return Err(too_large());
     }
-    let content_type = super::header(&req, CONTENT_TYPE)?.map(str::to_owned);
-    let bytes = Limited::new(req.into_body(), MAX_MANIFEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                Error::new(
-                    ErrorCode::ManifestInvalid,
-                    format!("could not read the manifest body: {e}"),
-                )
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Error::new(
+                ErrorCode::ManifestInvalid,
+                format!("could not read the manifest body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > MAX_MANIFEST_BYTES {
+                drain(&mut body).await;
+                return Err(too_large());
             }
-        })?
-        .to_bytes();
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let bytes = bytes.freeze();
     let put = store
         .put_manifest(repo, &reference, content_type.as_deref(), bytes)
         .await?;
@@ -78,6 +85,19 @@ pub async fn put(
         reply = reply.header(OCI_SUBJECT, subject.to_string());
     }
     Ok(reply)
+}
+
+/// Read and discard what is left of a refused body (up to a bound), so the client gets to read
+/// the error instead of a broken pipe.
+async fn drain(body: &mut Incoming) {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut drained = 0;
+    while drained < DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
 }
 
 pub async fn delete(store: &Store, repo: &RepositoryName, reference: &str) -> Result<Reply> {

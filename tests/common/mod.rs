@@ -34,7 +34,9 @@ pub fn require(tool: &str) -> PathBuf {
 
 /// Run a command, panicking with its output if it fails. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -105,9 +107,16 @@ impl Registry {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("registry exited early ({status}); log:\n{}", self.log_text());
+                panic!(
+                    "registry exited early ({status}); log:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "registry did not start; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "registry did not start; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -204,4 +213,27 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+impl Registry {
+    /// Send SIGTERM without waiting, so a test can watch the shutdown happen.
+    pub fn send_sigterm(&self) {
+        unsafe_kill(self.pid(), "TERM");
+    }
+
+    /// Wait up to `timeout` for the process to exit; `None` if it is still running (it is then
+    /// still owned, so dropping the registry kills it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

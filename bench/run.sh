@@ -1,0 +1,414 @@
+#!/usr/bin/env bash
+# bench/run.sh — connected-registry vs. Debian's docker-registry (CNCF distribution 2.8)
+#
+# HOW TO RUN
+#   ./bench/run.sh                      # builds target/release (cargo), runs everything, ~3–5 min
+#   SKIP_BUILD=1 ./bench/run.sh         # use the existing target/release/connected-registry
+#   BENCH_OUT=results.json ./bench/run.sh   # also write the raw numbers as JSON
+#
+# Needs: wrk, docker-registry (apt-get install docker-registry), curl, python3, jq, sha256sum
+# (and cargo unless SKIP_BUILD=1). Runs on demand only, never in CI. Run it on an otherwise idle
+# machine: both servers, wrk and the curl clients all share the same cores.
+#
+# WHAT IT DOES (one run, both servers on loopback, each with a fresh temp data dir):
+#   1. manifest GET by tag:  wrk -c64 -t2 -d10s with the OCI manifest Accept header   (req/s)
+#   2. blob GET of a BLOB_MIB (256) MiB blob, 1 client and 8 parallel curl clients   (MiB/s, aggregate)
+#   3. monolithic push of a fresh random BLOB_MIB blob: POST uploads/ then PUT ?digest= with the
+#      whole body; a different blob every run so nothing is deduplicated          (seconds, median)
+#   4. RSS: idle (after start + seeding) and peak during the 8-client pull          (MiB, /proc)
+# and prints one table with ours/distribution ratios next to the project's targets.
+#
+# Knobs (env): BLOB_MIB=256 RUNS=3 PARALLEL=8 WRK_CONNS=64 WRK_THREADS=2 WRK_DURATION=10s
+#              BENCH_TMPDIR=<dir for data + blobs; default $TMPDIR or /tmp — must not be tmpfs
+#              if you want the fsync cost to be real>
+#
+# distribution is configured for its best case: in-memory blob descriptor cache and access log
+# off / log level error (connected-registry logs nothing per request at its default level either).
+
+set -euo pipefail
+
+BLOB_MIB=${BLOB_MIB:-256}
+RUNS=${RUNS:-3}
+PARALLEL=${PARALLEL:-8}
+WRK_CONNS=${WRK_CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_DURATION=${WRK_DURATION:-10s}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/release/connected-registry}
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+log() { echo "bench: $*" >&2; }
+
+# ---- tools -------------------------------------------------------------------------------------
+missing=()
+for tool in wrk docker-registry curl python3 jq sha256sum awk; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [[ -z ${SKIP_BUILD:-} ]] && ! command -v cargo >/dev/null 2>&1; then missing+=(cargo); fi
+if ((${#missing[@]})); then
+    die "missing tool(s): ${missing[*]}
+  wrk, docker-registry, curl, jq: apt-get install -y wrk docker-registry curl jq
+  cargo: https://rustup.rs (or set SKIP_BUILD=1 with a built target/release/connected-registry)"
+fi
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    log "cargo build --release"
+    (cd "$REPO_ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+fi
+[[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --release) or set OURS_BIN"
+
+# ---- temp dir, servers, cleanup ----------------------------------------------------------------
+WORK=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}" registry-bench.XXXXXX)
+OURS_PID=""
+DIST_PID=""
+SAMPLER_PIDS=()
+
+stop_pid() {
+    local pid=$1
+    [[ -n $pid ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for p in "${SAMPLER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    stop_pid "$OURS_PID"
+    stop_pid "$DIST_PID"
+    wait 2>/dev/null || true
+    if [[ -n ${KEEP_TMP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_ready() { # name url pid logfile
+    local name=$1 url=$2 pid=$3 logf=$4
+    for _ in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logf" >&2 || true
+            die "$name exited during start-up (log above)"
+        fi
+        curl -sf -o /dev/null "$url/v2/" && return 0
+        sleep 0.1
+    done
+    tail -n 20 "$logf" >&2 || true
+    die "$name did not answer $url/v2/ within 10 s"
+}
+
+OURS_PORT=$(free_port)
+DIST_PORT=$(free_port)
+while [[ $DIST_PORT == "$OURS_PORT" ]]; do DIST_PORT=$(free_port); done
+OURS_URL=http://127.0.0.1:$OURS_PORT
+DIST_URL=http://127.0.0.1:$DIST_PORT
+mkdir -p "$WORK/ours" "$WORK/dist" "$WORK/blobs"
+
+"$OURS_BIN" serve --listen "127.0.0.1:$OURS_PORT" --data-dir "$WORK/ours" \
+    >"$WORK/ours.log" 2>&1 &
+OURS_PID=$!
+
+cat >"$WORK/dist.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: $WORK/dist
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$DIST_PORT
+EOF
+docker-registry serve "$WORK/dist.yml" >"$WORK/dist.log" 2>&1 &
+DIST_PID=$!
+
+wait_ready connected-registry "$OURS_URL" "$OURS_PID" "$WORK/ours.log"
+wait_ready docker-registry "$DIST_URL" "$DIST_PID" "$WORK/dist.log"
+
+# ---- machine -----------------------------------------------------------------------------------
+fs_type=$(df -PT "$WORK" | awk 'NR==2 {print $2}')
+echo "=== machine ==="
+echo "date:        $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "nproc:       $(nproc)"
+echo "cpu:         $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "memory:      $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+echo "kernel:      $(uname -sr)"
+echo "data dir fs: $fs_type ($(df -P "$WORK" | awk 'NR==2 {print $1}'), $WORK)"
+echo "ours:        $("$OURS_BIN" --version) (git $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ', dirty'))"
+echo "peer:        $(docker-registry --version 2>/dev/null | head -1)"
+echo "clients:     $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(curl --version | head -1 | awk '{print $1, $2}')"
+[[ $fs_type == tmpfs ]] && log "warning: $WORK is on tmpfs; fsync costs nothing there"
+echo
+
+# ---- helpers -----------------------------------------------------------------------------------
+RESULTS=$WORK/results.txt
+: >"$RESULTS"
+record() { echo "$1 $2" >>"$RESULTS"; }  # key value
+
+now_ns() { date +%s%N; }
+
+# push_blob BASE_URL REPO FILE DIGEST -> prints elapsed seconds (POST + PUT)
+push_blob() {
+    local base=$1 repo=$2 file=$3 digest=$4 t0 t1 loc code sep
+    t0=$(now_ns)
+    loc=$(curl -sS -o /dev/null -D - -X POST -H 'Content-Length: 0' "$base/v2/$repo/blobs/uploads/" |
+        awk 'tolower($1)=="location:" {sub(/\r$/, "", $2); print $2}')
+    [[ -n $loc ]] || die "POST $base/v2/$repo/blobs/uploads/ returned no Location"
+    [[ $loc == /* ]] && loc=$base$loc
+    sep='?'; [[ $loc == *\?* ]] && sep='&'
+    code=$(curl -sS -o "$WORK/put.out" -w '%{http_code}' -X PUT -T "$file" \
+        -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+        "$loc${sep}digest=${digest/:/%3A}")
+    t1=$(now_ns)
+    [[ $code == 201 ]] || die "PUT blob to $base ($repo) returned $code: $(head -c 300 "$WORK/put.out")"
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f\n", (b - a) / 1e9}'
+}
+
+put_manifest() { # base repo tag file
+    local code
+    code=$(curl -sS -o "$WORK/put.out" -w '%{http_code}' -X PUT -H "Content-Type: $OCI_MANIFEST" \
+        --data-binary "@$4" "$1/v2/$2/manifests/$3")
+    [[ $code == 201 ]] || die "PUT manifest to $1 returned $code: $(head -c 300 "$WORK/put.out")"
+}
+
+sha() { echo "sha256:$(sha256sum "$1" | awk '{print $1}')"; }
+
+rss_kib() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+best_max() { printf '%s\n' "$@" | sort -g | tail -1; }
+
+# ---- seed the small image -------------------------------------------------------------------------
+log "seeding bench/small:v1 (config + one layer + OCI manifest) into both"
+mkdir -p "$WORK/img/rootfs"
+head -c 32768 /dev/urandom >"$WORK/img/rootfs/data.bin"
+echo hello >"$WORK/img/rootfs/hello.txt"
+tar -C "$WORK/img/rootfs" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$WORK/img/layer.tar" .
+LAYER_DIGEST=$(sha "$WORK/img/layer.tar")
+LAYER_SIZE=$(stat -c %s "$WORK/img/layer.tar")
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]},"config":{}}' \
+    "$LAYER_DIGEST" >"$WORK/img/config.json"
+CONFIG_DIGEST=$(sha "$WORK/img/config.json")
+CONFIG_SIZE=$(stat -c %s "$WORK/img/config.json")
+jq -cn --arg cd "$CONFIG_DIGEST" --argjson cs "$CONFIG_SIZE" \
+    --arg ld "$LAYER_DIGEST" --argjson ls "$LAYER_SIZE" '{
+  schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+  config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
+  layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $ld, size: $ls}]}' \
+    >"$WORK/img/manifest.json"
+for base in "$OURS_URL" "$DIST_URL"; do
+    push_blob "$base" bench/small "$WORK/img/config.json" "$CONFIG_DIGEST" >/dev/null
+    push_blob "$base" bench/small "$WORK/img/layer.tar" "$LAYER_DIGEST" >/dev/null
+    put_manifest "$base" bench/small v1 "$WORK/img/manifest.json"
+    got=$(curl -sS -H "Accept: $OCI_MANIFEST" "$base/v2/bench/small/manifests/v1" | sha256sum | awk '{print $1}')
+    [[ sha256:$got == "$(sha "$WORK/img/manifest.json")" ]] || die "$base returns a different manifest"
+done
+
+sleep 2
+for who in ours dist; do
+    pid_var=${who^^}_PID
+    record "idle_rss_mib_$who" "$(awk -v k="$(rss_kib "${!pid_var}" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
+done
+
+# ---- 1. manifest GET by tag ----------------------------------------------------------------------
+for who in ours dist; do
+    url_var=${who^^}_URL
+    url="${!url_var}/v2/bench/small/manifests/v1"
+    log "manifest GET ($who): wrk -c$WRK_CONNS -t$WRK_THREADS -d$WRK_DURATION"
+    wrk -c"$WRK_CONNS" -t"$WRK_THREADS" -d2s -H "Accept: $OCI_MANIFEST" "$url" >/dev/null # warm-up
+    wrk -c"$WRK_CONNS" -t"$WRK_THREADS" -d"$WRK_DURATION" --latency -H "Accept: $OCI_MANIFEST" "$url" \
+        >"$WORK/wrk-$who.txt"
+    if grep -q 'Non-2xx\|Socket errors' "$WORK/wrk-$who.txt"; then
+        cat "$WORK/wrk-$who.txt" >&2
+        die "wrk saw errors against $who (above)"
+    fi
+    record "manifest_rps_$who" "$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk-$who.txt")"
+    record "manifest_p50_ms_$who" "$(awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) sub(/ms/,"",v); else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$WORK/wrk-$who.txt")"
+    record "manifest_p99_ms_$who" "$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) sub(/ms/,"",v); else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$WORK/wrk-$who.txt")"
+done
+
+# ---- 3. monolithic push (before the pulls, which reuse the first pushed blob) --------------------
+log "generating $RUNS random ${BLOB_MIB} MiB blobs"
+BIG=()
+BIG_DIGEST=()
+for i in $(seq "$RUNS"); do
+    f=$WORK/blobs/big$i
+    head -c "$((BLOB_MIB * 1048576))" /dev/urandom >"$f"
+    BIG+=("$f")
+    BIG_DIGEST+=("$(sha "$f")")
+done
+sync
+# The two servers take turns (alternating who goes first) so drift in machine load hits both.
+order() { if (($1 % 2)); then echo dist ours; else echo ours dist; fi; }
+declare -A PUSH_TIMES=([ours]="" [dist]="")
+for i in $(seq 0 $((RUNS - 1))); do
+    for who in $(order "$i"); do
+        url_var=${who^^}_URL
+        t=$(push_blob "${!url_var}" bench/big "${BIG[$i]}" "${BIG_DIGEST[$i]}")
+        log "push ${BLOB_MIB} MiB ($who) run $((i + 1)): ${t}s"
+        PUSH_TIMES[$who]+="$t "
+        sync  # don't let one run's writeback land in the next one
+    done
+done
+for who in ours dist; do
+    read -ra times <<<"${PUSH_TIMES[$who]}"
+    record "push_s_runs_$who" "$(IFS=,; echo "${times[*]}")"
+    record "push_s_$who" "$(median "${times[@]}")"
+done
+
+# The floor under any durable push on this disk: writing the same bytes straight to the disk
+# (O_DIRECT, 4 MiB writes, then fsync), with no network, hashing or page cache involved.
+floor=()
+for i in $(seq 0 $((RUNS - 1))); do
+    t0=$(now_ns)
+    dd if="${BIG[$i]}" of="$WORK/blobs/floor$i" bs=4M oflag=direct conv=fsync status=none 2>/dev/null ||
+        dd if="${BIG[$i]}" of="$WORK/blobs/floor$i" bs=4M conv=fsync status=none
+    t1=$(now_ns)
+    floor+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')")
+    sync
+done
+log "floor (dd ${BLOB_MIB} MiB, O_DIRECT + fsync): ${floor[*]} s"
+record floor_dd_fsync_s_runs "$(IFS=,; echo "${floor[*]}")"
+record floor_dd_fsync_s "$(median "${floor[@]}")"
+rm -f "$WORK"/blobs/floor*
+
+# ---- 2. blob GET, 1 and PARALLEL clients --------------------------------------------------------
+PULL_DIGEST=${BIG_DIGEST[0]}
+PULL_BYTES=$((BLOB_MIB * 1048576))
+
+# pull_parallel BASE N -> aggregate MiB/s (checks every client got the whole blob)
+pull_parallel() {
+    local base=$1 n=$2 t0 t1 i pids=()
+    t0=$(now_ns)
+    for i in $(seq "$n"); do
+        curl -sS -o /dev/null -w '%{http_code} %{size_download}\n' \
+            "$base/v2/bench/big/blobs/$PULL_DIGEST" >"$WORK/pull.$i" &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || die "a curl client pulling from $base failed"; done
+    t1=$(now_ns)
+    for i in $(seq "$n"); do
+        [[ $(cat "$WORK/pull.$i") == "200 $PULL_BYTES" ]] ||
+            die "pull from $base: client $i got '$(cat "$WORK/pull.$i")', expected '200 $PULL_BYTES'"
+    done
+    awk -v n="$n" -v mib="$BLOB_MIB" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f\n", n * mib / ((b - a) / 1e9)}'
+}
+
+pull_parallel "$OURS_URL" 1 >/dev/null  # warm the page cache and both servers
+pull_parallel "$DIST_URL" 1 >/dev/null
+for n in 1 "$PARALLEL"; do
+    declare -A RATES=([ours]="" [dist]="")
+    for i in $(seq 0 $((RUNS - 1))); do
+        for who in $(order "$i"); do
+            url_var=${who^^}_URL
+            rate=$(pull_parallel "${!url_var}" "$n")
+            RATES[$who]+="$rate "
+        done
+    done
+    for who in ours dist; do
+        read -ra rates <<<"${RATES[$who]}"
+        log "pull ${BLOB_MIB} MiB x$n ($who): ${rates[*]} MiB/s"
+        record "pull${n}_runs_$who" "$(IFS=,; echo "${rates[*]}")"
+        record "pull${n}_mibs_$who" "$(median "${rates[@]}")"
+    done
+done
+
+for who in ours dist; do
+    url_var=${who^^}_URL
+    pid_var=${who^^}_PID
+    # 4. peak RSS during one more PARALLEL-client pull: reset VmHWM (clear_refs 5, Linux >= 4.0)
+    # and also sample VmRSS every 20 ms in case the reset is not permitted.
+    pid=${!pid_var}
+    hwm_reset=0
+    if echo 5 >"/proc/$pid/clear_refs" 2>/dev/null; then hwm_reset=1; fi
+    ( max=0; while kill -0 "$pid" 2>/dev/null; do
+          r=$(awk '$1=="VmRSS:" {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+          ((r > max)) && { max=$r; echo "$max" >"$WORK/rss-$who"; }
+          sleep 0.02
+      done ) &
+    sampler=$!
+    SAMPLER_PIDS+=("$sampler")
+    pull_parallel "${!url_var}" "$PARALLEL" >/dev/null
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    sampled=$(cat "$WORK/rss-$who" 2>/dev/null || echo 0)
+    peak=$sampled
+    if ((hwm_reset)); then peak=$(rss_kib "$pid" VmHWM); fi
+    ((sampled > peak)) && peak=$sampled
+    record "peak_rss_mib_$who" "$(awk -v k="$peak" 'BEGIN {printf "%.1f", k/1024}')"
+    record "after_rss_mib_$who" "$(awk -v k="$(rss_kib "$pid" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
+done
+
+# ---- report -----------------------------------------------------------------------------------
+python3 - "$RESULTS" "$BLOB_MIB" "$PARALLEL" "$WRK_CONNS" "$WRK_THREADS" "$WRK_DURATION" "$RUNS" \
+    "${BENCH_OUT:-}" <<'PY'
+import json, sys
+path, blob, par, conns, threads, dur, runs, out = sys.argv[1:9]
+r = {}
+for line in open(path):
+    k, v = line.split(None, 1)
+    v = v.strip()
+    try:
+        r[k] = float(v)
+    except ValueError:
+        r[k] = v
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+rows = [
+    # label, key, unit, target text, check(ours, dist, ratio)
+    (f"manifest GET by tag (wrk -c{conns} -t{threads} -d{dur})", "manifest_rps", "req/s",
+     ">= 10x", lambda o, d, q: q >= 10),
+    (f"blob GET {blob} MiB, 1 client (median of {runs})", "pull1_mibs", "MiB/s",
+     ">= 1.2x", lambda o, d, q: q >= 1.2),
+    (f"blob GET {blob} MiB, {par} clients, aggregate (median of {runs})", f"pull{par}_mibs", "MiB/s",
+     ">= 1.2x", lambda o, d, q: q >= 1.2),
+    (f"monolithic push {blob} MiB, POST+PUT (median of {runs})", "push_s", "s",
+     "<= 0.2x", lambda o, d, q: q <= 0.2),
+    ("RSS idle after start + seeding", "idle_rss_mib", "MiB",
+     "ours <= 15 MiB", lambda o, d, q: o <= 15),
+    (f"peak RSS during {par}-client pull", "peak_rss_mib", "MiB", "-", None),
+]
+w = max(len(x[0]) for x in rows)
+hdr = f"{'metric':<{w}}  {'unit':<5} {'ours':>10} {'distribution':>13} {'ours/dist':>10}  {'target':<15} met"
+print("=== results ===")
+print(hdr)
+print("-" * len(hdr))
+data = {}
+for label, key, unit, target, check in rows:
+    o, d = r[f"{key}_ours"], r[f"{key}_dist"]
+    q = ratio(o, d)
+    met = "-" if check is None else ("yes" if check(o, d, q) else "NO")
+    f = ".3f" if unit == "s" else ".1f"
+    print(f"{label:<{w}}  {unit:<5} {o:>10{f}} {d:>13{f}} {q:>9.2f}x  {target:<15} {met}")
+    data[key] = {"ours": o, "distribution": d, "ratio": q, "unit": unit, "target": target, "met": met}
+floor = r.get("floor_dd_fsync_s")
+if floor:
+    print(f"\ndisk floor: dd of the same {blob} MiB with O_DIRECT + fsync on the data dir's disk = "
+          f"{floor:.3f} s (median of {runs}); a durable push can't be faster, so the best push "
+          f"ratio this disk allows is about {floor / r['push_s_dist']:.2f}x")
+print()
+print("raw:")
+for k in sorted(r):
+    print(f"  {k} = {r[k]}")
+if out:
+    with open(out, "w") as f:
+        json.dump({"summary": data, "raw": r}, f, indent=2)
+    print(f"\nwrote {out}")
+PY
