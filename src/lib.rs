@@ -7,3 +7,5 @@ pub mod config;
 pub mod oci;
 pub mod server;
 pub mod store;
+pub mod status;
+pub mod sync;

@@ -37,7 +37,86 @@ pub struct Config {
     pub login_server: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub tls: Option<TlsConfig>,
+    /// No parent: this node is a root.
+    pub parent: Option<ParentConfig>,
     pub logging: Option<LoggingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentConfig {
+    /// `https://host:port` (or `http://` for tests and trusted links).
+    pub endpoint: String,
+    pub sync_token: Option<SyncToken>,
+    /// PEM text, or a path to a PEM file, trusted in addition to the system roots.
+    pub ca_certificate: Option<String>,
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncToken {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Cron expression (UTC); `* * * * *` is continuous.
+    #[serde(default = "continuous")]
+    pub schedule: String,
+    /// ISO-8601 duration, 1 h – 7 d; required with a non-continuous schedule.
+    pub window: Option<String>,
+    /// ISO-8601 duration, 1 d – 90 d: how long the parent keeps change events for this child.
+    #[serde(default = "default_ttl")]
+    pub message_ttl: String,
+    /// Exact names or globs (`*` within a component, `**` across components).
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    pub tags: Option<TagFilter>,
+    /// `os/arch[/variant]`; empty = every platform.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Like `20MiB/s`.
+    pub bandwidth_limit: Option<String>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            schedule: continuous(),
+            window: None,
+            message_ttl: default_ttl(),
+            repositories: Vec::new(),
+            tags: None,
+            platforms: Vec::new(),
+            concurrency: default_concurrency(),
+            bandwidth_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TagFilter {
+    pub include: Option<String>,
+    pub exclude: Option<String>,
+}
+
+fn continuous() -> String {
+    "* * * * *".to_owned()
+}
+
+fn default_ttl() -> String {
+    "P2D".to_owned()
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -97,6 +176,9 @@ impl Config {
             }
         }
         self.listen_addr()?;
+        if let Some(parent) = &self.parent {
+            parent.validate()?;
+        }
         if let Some(level) = &self.logging {
             tracing_filter(&level.level)?;
         }
@@ -115,6 +197,38 @@ impl Config {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("data"))
+    }
+}
+
+impl ParentConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, rule: String| Err(ConfigError::Invalid { field, rule });
+        if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
+            return invalid(
+                "parent.endpoint",
+                format!("{:?} must start with https:// or http://", self.endpoint),
+            );
+        }
+        let sync = &self.sync;
+        crate::sync::schedule::Schedule::parse(&sync.schedule, sync.window.as_deref())?;
+        crate::sync::schedule::parse_message_ttl(&sync.message_ttl)?;
+        if sync.repositories.is_empty() {
+            return invalid(
+                "parent.sync.repositories",
+                "name at least one repository or pattern to sync".to_owned(),
+            );
+        }
+        crate::sync::select::Selection::new(sync)?;
+        if !(1..=64).contains(&sync.concurrency) {
+            return invalid(
+                "parent.sync.concurrency",
+                format!("{} must be between 1 and 64", sync.concurrency),
+            );
+        }
+        if let Some(limit) = &sync.bandwidth_limit {
+            crate::sync::schedule::parse_bandwidth(limit)?;
+        }
+        Ok(())
     }
 }
 

@@ -170,3 +170,7 @@ pub(super) fn changes_since(
     }
     Ok(out)
 }
+
+pub(super) fn newest_change(changes: &sled::Tree) -> Result<u64> {
+    Ok(changes.last()?.map(|(k, _)| decode_u64(&k)).unwrap_or(0))
+}

@@ -49,6 +49,8 @@ pub struct Store {
     trees: Trees,
     files: BlobFiles,
     uploads: uploads::Sessions,
+    /// Sequence number of the newest durable change event; long-polls wait on it.
+    last_change: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -72,12 +74,14 @@ impl Store {
             })?;
         let trees = Trees::open(&db)?;
         let files = BlobFiles::new(root)?;
+        let newest = metadata::newest_change(&trees.changes)?;
         let store = Store {
             root: root.to_owned(),
             db,
             trees,
             files,
             uploads: uploads::Sessions::new(root)?,
+            last_change: tokio::sync::watch::Sender::new(newest),
         };
         let removed = store.files.clean_temp()?;
         let (stale_files, stale_records) = store.reconcile_uploads()?;
@@ -96,10 +100,21 @@ impl Store {
         &self.root
     }
 
-    /// Make every committed change durable.
+    /// Make every committed change durable, then wake whoever waits for change events.
     pub async fn flush(&self) -> Result<()> {
         self.db.flush_async().await?;
+        let newest = metadata::newest_change(&self.trees.changes)?;
+        self.last_change.send_if_modified(|seq| {
+            let moved = *seq != newest;
+            *seq = newest;
+            moved
+        });
         Ok(())
+    }
+
+    /// Watch the sequence number of the newest durable change event.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.last_change.subscribe()
     }
 
     // ---- blobs -------------------------------------------------------------------------------
