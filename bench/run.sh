@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # bench/run.sh — connected-registry vs. Debian's docker-registry (CNCF distribution 2.8)
 #
-# HOW TO RUN
-#   ./bench/run.sh                      # builds target/release (cargo), runs everything, ~3–5 min
-#   SKIP_BUILD=1 ./bench/run.sh         # use the existing target/release/connected-registry
+# HOW TO RUN (results and discussion: BENCHMARKS.md at the repo root)
+#   ./bench/run.sh                          # cargo build --release, then ~1 min of measuring
+#   SKIP_BUILD=1 ./bench/run.sh             # use the existing target/release/connected-registry
+#   OURS_BIN=/path/to/connected-registry SKIP_BUILD=1 ./bench/run.sh   # benchmark another build
 #   BENCH_OUT=results.json ./bench/run.sh   # also write the raw numbers as JSON
+#   KEEP_TMP=1 ./bench/run.sh               # keep the temp dir (server logs, wrk output)
 #
-# Needs: wrk, docker-registry (apt-get install docker-registry), curl, python3, jq, sha256sum
+# Needs: wrk, docker-registry (apt-get install docker-registry), curl, python3, jq, sha256sum, dd
 # (and cargo unless SKIP_BUILD=1). Runs on demand only, never in CI. Run it on an otherwise idle
-# machine: both servers, wrk and the curl clients all share the same cores.
+# machine (no cargo builds or test suites running): both servers, wrk and the curl clients share
+# the same cores, and on a busy 2-vCPU box the ratios swing by 2x.
 #
-# WHAT IT DOES (one run, both servers on loopback, each with a fresh temp data dir):
-#   1. manifest GET by tag:  wrk -c64 -t2 -d10s with the OCI manifest Accept header   (req/s)
-#   2. blob GET of a BLOB_MIB (256) MiB blob, 1 client and 8 parallel curl clients   (MiB/s, aggregate)
+# WHAT IT DOES (one run, both servers on loopback ports, each with a fresh temp data dir):
+#   1. manifest GET by tag: wrk -c64 -t2 -d10s with the OCI manifest Accept header      (req/s)
+#   2. blob GET of a BLOB_MIB (256) MiB blob, 1 client and 8 parallel curl clients
+#      (MiB/s aggregate, median of RUNS; the page cache is warm for both)
 #   3. monolithic push of a fresh random BLOB_MIB blob: POST uploads/ then PUT ?digest= with the
-#      whole body; a different blob every run so nothing is deduplicated          (seconds, median)
-#   4. RSS: idle (after start + seeding) and peak during the 8-client pull          (MiB, /proc)
-# and prints one table with ours/distribution ratios next to the project's targets.
+#      whole body (curl -T, no Expect: 100-continue); a different blob every run so nothing is
+#      deduplicated                                                             (seconds, median)
+#      plus a "disk floor": the same bytes written with dd O_DIRECT + fsync
+#   4. RSS from /proc/PID/status: idle (after start + seeding) and peak (VmHWM, reset with
+#      clear_refs, cross-checked by 20 ms VmRSS sampling) during one more 8-client pull
+# Pushes and pulls alternate between the two servers (who goes first alternates too), so a
+# change in machine load hits both. Prints machine info, then one table with the ratios
+# ours/distribution next to the project's targets, then every raw number.
 #
 # Knobs (env): BLOB_MIB=256 RUNS=3 PARALLEL=8 WRK_CONNS=64 WRK_THREADS=2 WRK_DURATION=10s
-#              BENCH_TMPDIR=<dir for data + blobs; default $TMPDIR or /tmp — must not be tmpfs
-#              if you want the fsync cost to be real>
+#              BENCH_TMPDIR=<dir for data + blobs; default $TMPDIR or /tmp; must not be tmpfs
+#              if the fsync cost is to be real>
 #
-# distribution is configured for its best case: in-memory blob descriptor cache and access log
-# off / log level error (connected-registry logs nothing per request at its default level either).
+# distribution is configured for its best case: in-memory blob descriptor cache, access log off
+# and log level error (connected-registry logs nothing per request at its default level either).
+# Both servers fsync blob data before answering a push (distribution's filesystem driver syncs
+# on commit; checked with strace).
 
 set -euo pipefail
 
@@ -401,8 +412,9 @@ for label, key, unit, target, check in rows:
 floor = r.get("floor_dd_fsync_s")
 if floor:
     print(f"\ndisk floor: dd of the same {blob} MiB with O_DIRECT + fsync on the data dir's disk = "
-          f"{floor:.3f} s (median of {runs}); a durable push can't be faster, so the best push "
-          f"ratio this disk allows is about {floor / r['push_s_dist']:.2f}x")
+          f"{floor:.3f} s (median of {runs}). That is roughly this disk's sequential write time, "
+          f"which a durable push can hardly beat: the best push ratio it leaves is about "
+          f"{floor / r['push_s_dist']:.2f}x")
 print()
 print("raw:")
 for k in sorted(r):

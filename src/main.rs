@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use connected_registry::api::Api;
 use connected_registry::config::{self, Config};
 use connected_registry::server;
+use connected_registry::status::{self, Status, StatusHandle};
 use connected_registry::store::Store;
 
 #[derive(Parser)]
@@ -26,6 +27,34 @@ struct Cli {
 enum Command {
     /// Run the registry.
     Serve(ServeArgs),
+    /// Show a running node's status as a table.
+    Status(StatusArgs),
+    /// Run one sync pass with the parent (progress bar and summary), then exit; non-zero if
+    /// anything failed. The data directory must not be in use by a running `serve`.
+    Sync(SyncArgs),
+}
+
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// One pass, then exit (a running `serve` syncs continuously by itself).
+    #[arg(long, required = true)]
+    once: bool,
+    /// Configuration file with the `parent` section.
+    #[arg(long)]
+    config: PathBuf,
+    /// Where blobs and metadata live [default: ./data].
+    #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The node's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:5000")]
+    url: String,
+    /// Print the status JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,7 +88,57 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Status(args) => show_status(args),
+        Command::Sync(args) => sync_once(args),
     }
+}
+
+fn sync_once(args: SyncArgs) -> anyhow::Result<()> {
+    let _ = args.once;
+    let mut config = Config::from_file(&args.config)?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = Some(dir);
+    }
+    let parent = config
+        .parent
+        .clone()
+        .context("the configuration has no `parent` section: there is nothing to sync from")?;
+    init_logging_at(&config, LogFormat::Text, "warn")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let failed = runtime.block_on(async move {
+        let store = Store::open(&config.data_dir())?;
+        let status = StatusHandle::new(initial_status(&config, config.listen_addr()?));
+        let (engine, _schedule) = connected_registry::sync::setup::build(&parent, store.clone(), status)?;
+        let started = std::time::Instant::now();
+        let result = connected_registry::sync::setup::run_once(&engine).await;
+        store.flush().await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        match result {
+            Ok(summary) => {
+                let p = &summary.progress;
+                println!(
+                    "sync finished in {elapsed:.1}s: repositories {}/{}, manifests {}/{}, blobs {}/{}, {} downloaded, {} failure(s)",
+                    p.repositories.done, p.repositories.total, p.manifests.done, p.manifests.total,
+                    p.blobs.done, p.blobs.total, bytesize::ByteSize(p.bytes.done), summary.failures.len()
+                );
+                for failure in &summary.failures {
+                    println!("  failed: {failure}");
+                }
+                anyhow::Ok(!summary.failures.is_empty())
+            }
+            Err(e) => {
+                println!("sync failed after {elapsed:.1}s [{}]: {e}", e.code());
+                anyhow::Ok(true)
+            }
+        }
+    })?;
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -104,22 +183,124 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "registry listening"
         );
-        let api = Arc::new(Api::new(store.clone()));
-        server::serve(listener, tls, api, server::shutdown_signal()).await?;
+        let status = StatusHandle::new(initial_status(&config, addr));
+        let api = Arc::new(Api::new(store.clone(), status));
+        connected_registry::store::changes::spawn_pruner(store.clone());
+        let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
+        let sync = match &config.parent {
+            Some(parent) => Some(connected_registry::sync::setup::spawn(
+                parent,
+                store.clone(),
+                api.status().clone(),
+                sync_stopped,
+            )?),
+            None => None,
+        };
+        let stopping = api.clone();
+        let shutdown = async move {
+            server::shutdown_signal().await;
+            stopping.stop_long_polls();
+        };
+        server::serve(listener, tls, api, shutdown).await?;
+        let _ = stop_sync.send(true);
+        if let Some(sync) = sync {
+            let _ = sync.await;
+        }
         store.flush().await?;
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     })
 }
 
+/// What the node knows about itself at start; the parts update the rest as they run.
+fn initial_status(config: &Config, addr: SocketAddr) -> Status {
+    let now = chrono::Utc::now();
+    let is_root = config.parent.is_none();
+    let mode = match config.mode {
+        Some(config::Mode::ReadWrite) => "ReadWrite",
+        Some(config::Mode::ReadOnly) => "ReadOnly",
+        // A root is where pushes land; a child defaults to a read-only mirror.
+        None if is_root => "ReadWrite",
+        None => "ReadOnly",
+    };
+    Status {
+        name: config.name.clone().unwrap_or_else(|| "root".to_owned()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: mode.to_owned(),
+        activation: status::Activation {
+            status: if is_root { "Active" } else { "Inactive" }.to_owned(),
+            since: is_root.then_some(now),
+        },
+        connection_state: if is_root { "Online" } else { "Offline" }.to_owned(),
+        last_activity_time: None,
+        login_server: status::LoginServer {
+            host: config
+                .login_server
+                .clone()
+                .unwrap_or_else(|| addr.to_string()),
+            tls: status::TlsStatus {
+                status: if config.tls.is_some() {
+                    "Enabled"
+                } else {
+                    "Disabled"
+                }
+                .to_owned(),
+            },
+        },
+        parent: config.parent.as_ref().map(|p| status::ParentStatus {
+            endpoint: p.endpoint.clone(),
+            last_sync_time: None,
+        }),
+        ..Status::default()
+    }
+}
+
+/// `connected-registry status`: fetch a node's status and print it.
+fn show_status(args: StatusArgs) -> anyhow::Result<()> {
+    let base = args.url.trim_end_matches('/');
+    let url = format!("{base}/acr/connected-registry/v1/status");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let body = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .context("building the HTTP client")?;
+        let response = client.get(&url).send().await.with_context(|| {
+            format!("cannot reach the registry at {base} (is `connected-registry serve` running there?)")
+        })?;
+        let code = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("reading the status from {url}"))?;
+        anyhow::ensure!(code.is_success(), "{url} answered {code}: {body}");
+        anyhow::Ok(body)
+    })?;
+    let status: Status = serde_json::from_str(&body)
+        .with_context(|| format!("{url} did not answer with a status document"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status::table::render(&status));
+    }
+    Ok(())
+}
+
 fn init_logging(config: &Config, format: LogFormat) -> anyhow::Result<()> {
+    init_logging_at(config, format, "info")
+}
+
+fn init_logging_at(config: &Config, format: LogFormat, default_level: &str) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(f).context("invalid RUST_LOG")?,
         _ => {
             let level = match &config.logging {
                 Some(l) => config::tracing_filter(&l.level)?,
-                None => "info",
+                None => default_level,
             };
             EnvFilter::new(format!("warn,connected_registry={level}"))
         }

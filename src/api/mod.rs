@@ -1,9 +1,11 @@
-//! The HTTP face of the registry: the OCI Distribution API under `/v2/`.
+//! The HTTP face of the registry: the OCI Distribution API under `/v2/`, and the node-to-node
+//! endpoints under `/acr/connected-registry/v1/` ([`acr`]).
 //!
 //! [`Api::handle`] parses the route once and hands the request to a thin handler that validates
 //! input, calls the store and shapes the reply. Every failure is an [`Error`] rendered as OCI
 //! error JSON, so no request can end in a panic or a bare 500.
 
+pub mod acr;
 mod blobs;
 mod listings;
 mod manifests;
@@ -23,17 +25,31 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::oci::{Error, ErrorCode, RepositoryName, Result};
+use crate::status::StatusHandle;
 use crate::store::Store;
 use response::{error_response, Body, Reply, DOCKER_API_VERSION};
 use route::Route;
 
 pub struct Api {
     store: Arc<Store>,
+    status: StatusHandle,
+    /// Set when the server starts stopping; change-feed long-polls answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
+    storage: acr::StorageUsage,
 }
 
 impl Api {
-    pub fn new(store: Arc<Store>) -> Api {
-        Api { store }
+    pub fn status(&self) -> &StatusHandle {
+        &self.status
+    }
+
+    pub fn new(store: Arc<Store>, status: StatusHandle) -> Api {
+        Api {
+            storage: acr::StorageUsage::new(store.root()),
+            store,
+            status,
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
     }
 
     /// Answer one request. Never fails: errors become OCI error responses.
@@ -70,6 +86,9 @@ impl Api {
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
+        if let Some(route) = acr::AcrRoute::parse(&path) {
+            return acr::handle(self, route, &method, query(&req)).await;
+        }
         let route = Route::parse(&path);
         let store = &self.store;
         match (route, &method) {

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     NotFound,
     /// The endpoint exists but not with this method (405).
     MethodNotAllowed,
+    /// A change-feed cursor older than the retained change log (410): reconcile in full.
+    MessagesExpired,
     /// Anything else: an internal failure, logged with its context.
     Unknown,
 }
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "UNSUPPORTED",
+            ErrorCode::MessagesExpired => "MESSAGES_EXPIRED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::Unavailable => 503,
+            ErrorCode::MessagesExpired => 410,
             ErrorCode::Unknown => 500,
         }
     }

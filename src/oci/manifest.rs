@@ -75,6 +75,8 @@ pub struct ParsedManifest {
     /// Config and layer blobs that must exist in the repository (foreign layers with `urls` are
     /// not required).
     pub blobs: Vec<Digest>,
+    /// The size the manifest declares for each of `blobs`.
+    pub blob_sizes: Vec<u64>,
     /// Child manifests of an index that must exist in the repository.
     pub children: Vec<Digest>,
     pub subject: Option<Digest>,
@@ -136,6 +138,7 @@ impl ParsedManifest {
             Ok(ParsedManifest {
                 media_type,
                 blobs: Vec::new(),
+                blob_sizes: Vec::new(),
                 children,
                 subject: index
                     .subject()
@@ -149,10 +152,12 @@ impl ParsedManifest {
             let manifest: ImageManifest = serde_json::from_slice(bytes)
                 .map_err(|e| invalid(format!("invalid image manifest: {e}")))?;
             let mut blobs = vec![descriptor_digest(manifest.config())?];
+            let mut blob_sizes = vec![manifest.config().size()];
             for layer in manifest.layers() {
                 let foreign = layer.urls().as_ref().is_some_and(|u| !u.is_empty());
                 if !foreign {
                     blobs.push(descriptor_digest(layer)?);
+                    blob_sizes.push(layer.size());
                 }
             }
             let artifact_type = manifest
@@ -163,6 +168,7 @@ impl ParsedManifest {
             Ok(ParsedManifest {
                 media_type,
                 blobs,
+                blob_sizes,
                 children: Vec::new(),
                 subject: manifest
                     .subject()

@@ -4,6 +4,8 @@
 //! Parts publish through a [`StatusHandle`] (a `tokio::sync::watch` channel), so readers always
 //! see a whole, consistent snapshot.
 
+pub mod table;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

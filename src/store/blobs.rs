@@ -24,6 +24,9 @@ pub const IO_CHUNK: usize = 1024 * 1024;
 /// final fsync has little left to do.
 const WRITEBACK_EVERY: u64 = 16 * 1024 * 1024;
 
+/// Request-body frames at least this large are written as they are, without copying.
+const PASS_THROUGH_FRAME: usize = 64 * 1024;
+
 /// Chunks in flight between the network and the disk writer (bounds memory per upload).
 const PIPELINE_DEPTH: usize = 4;
 
@@ -107,17 +110,17 @@ impl BlobFiles {
         tokio::task::spawn_blocking(move || {
             let mut remaining = len;
             while remaining > 0 {
-                let want = remaining.min(IO_CHUNK as u64) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                let chunk = match file.read(&mut buf) {
+                let want = remaining.min(IO_CHUNK as u64);
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want as usize);
+                let chunk = match (&mut file).take(want).read_to_end(&mut buf) {
                     Ok(0) => Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("blob file {path:?} is shorter than recorded"),
                     )),
                     Ok(n) => {
-                        buf.truncate(n);
                         remaining -= n as u64;
-                        Ok(buf.freeze())
+                        Ok(Bytes::from(buf))
                     }
                     Err(e) => Err(e),
                 };
@@ -190,7 +193,9 @@ where
     loop {
         match body.next().await {
             Some(Ok(frame)) => {
-                if pending.is_empty() && frame.len() >= IO_CHUNK {
+                // Large frames (hyper hands over several hundred KiB at a time) go straight
+                // through; only small ones are gathered, to keep write calls large.
+                if pending.is_empty() && frame.len() >= PASS_THROUGH_FRAME {
                     if tx.send(frame).await.is_err() {
                         break;
                     }

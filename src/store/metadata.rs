@@ -26,6 +26,8 @@ pub(super) struct Trees {
     pub uploads: sled::Tree,
     /// sequence (u64 BE) → [`ChangeEvent`] JSON
     pub changes: sled::Tree,
+    /// sync state key → value (the change-feed cursor, …)
+    pub sync_state: sled::Tree,
 }
 
 impl Trees {
@@ -39,6 +41,7 @@ impl Trees {
             referrers: db.open_tree("referrers")?,
             uploads: db.open_tree("uploads")?,
             changes: db.open_tree("changes")?,
+            sync_state: db.open_tree("sync_state")?,
         })
     }
 }

@@ -7,7 +7,9 @@
 //! the old state or the new one, plus at most unreferenced bytes that GC reclaims.
 
 pub mod blobs;
+pub mod changes;
 mod metadata;
+mod mirror;
 mod uploads;
 
 use std::io;
@@ -102,11 +104,16 @@ impl Store {
 
     /// Make every committed change durable, then wake whoever waits for change events.
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        // Read the newest event before flushing: everything committed by then is in this flush,
+        // so the published seq is durable. Concurrent flushes may finish out of order, so the
+        // published seq only ever moves forward.
         let newest = metadata::newest_change(&self.trees.changes)?;
+        self.db.flush_async().await?;
         self.last_change.send_if_modified(|seq| {
-            let moved = *seq != newest;
-            *seq = newest;
+            let moved = newest > *seq;
+            if moved {
+                *seq = newest;
+            }
             moved
         });
         Ok(())
@@ -263,6 +270,31 @@ impl Store {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifest> {
+        self.put_manifest_inner(repo, reference, content_type, bytes, true)
+            .await
+    }
+
+    /// Like [`Store::put_manifest`] for content mirrored from a parent: an index may name child
+    /// manifests that were left out on purpose (platform filter), so only blobs are required.
+    pub async fn put_mirrored_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        self.put_manifest_inner(repo, reference, Some(media_type), bytes, false)
+            .await
+    }
+
+    async fn put_manifest_inner(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        require_children: bool,
+    ) -> Result<PutManifest> {
         let parsed = ParsedManifest::parse(content_type, &bytes)?;
         let digest = match reference {
             Reference::Digest(expected) => {
@@ -304,7 +336,7 @@ impl Store {
                         .with_detail(serde_json::json!({ "digest": blob.to_string() })));
                     }
                 }
-                for child in &parsed.children {
+                for child in parsed.children.iter().filter(|_| require_children) {
                     if manifest_links.get(key2(repo.as_str(), &child.to_string()))?.is_none() {
                         return abort(Error::new(
                             ErrorCode::ManifestChildUnknown,

@@ -1,7 +1,16 @@
-//! Sync: keep the selected repositories of the parent here.
+//! Sync: keep the selected repositories of the parent here, through outages and inside sync
+//! windows.
 //!
-//! (Engine in progress.)
+//! [`client`] talks to the parent, [`select`] says what is wanted, [`schedule`] says when,
+//! [`engine`] does one pass or applies one change event, and [`run`] loops: a full reconcile at
+//! start, then the parent's change feed (long-poll) or, against a plain OCI parent, a reconcile
+//! every few seconds — never outside a window.
 
 pub mod client;
+pub mod engine;
+pub mod run;
 pub mod schedule;
 pub mod select;
+pub mod setup;
+
+pub use engine::{PassSummary, SyncEngine, Trigger};

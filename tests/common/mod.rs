@@ -237,3 +237,6 @@ impl Registry {
         }
     }
 }
+
+pub mod peers;
+pub mod proxy;

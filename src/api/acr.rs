@@ -1,0 +1,246 @@
+//! The node-to-node endpoints under `/acr/connected-registry/v1/` (DESIGN.md, "Node-to-node
+//! API"): the long-poll change feed children follow, and this node's own status.
+//!
+//! Only `/v2/…` and `/acr/…` pass the IoT Edge API proxy, which is why these live here and not
+//! on a separate port. A waiting long-poll holds no thread (it awaits the store's change watch)
+//! and returns as soon as the server starts stopping, so it never delays a graceful shutdown.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+
+use super::response::Reply;
+use super::{query_value, Api};
+use crate::oci::{Error, ErrorCode, Result};
+use crate::store::ChangeEvent;
+
+pub const PREFIX: &str = "/acr/connected-registry/v1/";
+
+/// The longest a change-feed request waits for an event.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Events per change-feed page.
+pub const PAGE_LIMIT: usize = 1000;
+
+/// How long a measured storage usage is reused before the blob directory is walked again.
+const USAGE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The endpoints this module serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AcrRoute {
+    Changes,
+    Status,
+}
+
+impl AcrRoute {
+    /// The route for `path`, or `None` when the path is not one of these endpoints (other
+    /// `/acr/…` endpoints are routed elsewhere).
+    pub(super) fn parse(path: &str) -> Option<AcrRoute> {
+        match path.strip_prefix(PREFIX)?.trim_end_matches('/') {
+            "changes" => Some(AcrRoute::Changes),
+            "status" => Some(AcrRoute::Status),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AcrRoute::Changes => "changes",
+            AcrRoute::Status => "status",
+        }
+    }
+}
+
+/// Answer a request for one of these endpoints, given its method and query pairs.
+pub(super) async fn handle(
+    api: &Api,
+    route: AcrRoute,
+    method: &Method,
+    query: Vec<(String, String)>,
+) -> Result<Reply> {
+    if method != Method::GET {
+        return Err(Error::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "method {method} is not supported on {PREFIX}{}",
+                route.as_str()
+            ),
+        ));
+    }
+    match route {
+        AcrRoute::Changes => changes(api, &query).await,
+        AcrRoute::Status => status(api).await,
+    }
+}
+
+#[derive(Serialize)]
+struct ChangesPage {
+    events: Vec<ChangeEvent>,
+    next: u64,
+}
+
+/// `GET …/changes?since=SEQ&wait=SECONDS`.
+async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
+    let since = number(q, "since")?.unwrap_or(0);
+    let wait = Duration::from_secs(number(q, "wait")?.unwrap_or(0)).min(MAX_WAIT);
+    let mut stopping = api.stopping.subscribe();
+    let events = tokio::select! {
+        page = api.store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
+        // The server is stopping: answer now with what there is (nothing new).
+        _ = stopping.wait_for(|stop| *stop) => Vec::new(),
+    };
+    let next = events.last().map_or(since, |e| e.seq);
+    Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))
+}
+
+/// `GET …/status`: the status model, with storage measured now (usage at most a minute old).
+async fn status(api: &Api) -> Result<Reply> {
+    let (used, available) = api.storage.measure().await;
+    api.status.update(|s| {
+        if let Some(used) = used {
+            s.storage.used_bytes = used;
+        }
+        if let Some(available) = available {
+            s.storage.available_bytes = available;
+        }
+    });
+    Ok(Reply::new(StatusCode::OK).json(&api.status.snapshot()))
+}
+
+fn number(q: &[(String, String)], key: &str) -> Result<Option<u64>> {
+    query_value(q, key)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Error::new(
+                    ErrorCode::BadRequest,
+                    format!("{key}={v:?} must be a non-negative integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
+impl Api {
+    /// Make every waiting (and future) change-feed long-poll answer at once; called when the
+    /// server starts stopping so graceful shutdown is not held up by idle children.
+    pub fn stop_long_polls(&self) {
+        self.stopping.send_replace(true);
+    }
+}
+
+/// Storage used by blobs (walked at most once a minute) and free space for the data directory.
+pub(super) struct StorageUsage {
+    data_dir: PathBuf,
+    used: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl StorageUsage {
+    pub(super) fn new(data_dir: &Path) -> StorageUsage {
+        StorageUsage {
+            data_dir: data_dir.to_owned(),
+            used: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `(used, available)` bytes; a part that cannot be measured is `None` (and logged).
+    async fn measure(&self) -> (Option<u64>, Option<u64>) {
+        let available = match available_bytes(&self.data_dir) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %self.data_dir.display(), "statvfs failed");
+                None
+            }
+        };
+        let mut cached = self.used.lock().await;
+        if let Some((at, used)) = *cached {
+            if at.elapsed() < USAGE_MAX_AGE {
+                return (Some(used), available);
+            }
+        }
+        let blobs = self.data_dir.join("blobs");
+        let used = match tokio::task::spawn_blocking(move || dir_size(&blobs)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "measuring blob storage failed");
+                return (cached.map(|(_, u)| u), available);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "measuring blob storage panicked");
+                return (cached.map(|(_, u)| u), available);
+            }
+        };
+        *cached = Some((Instant::now(), used));
+        (Some(used), available)
+    }
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `dir`.
+fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("data directory path contains NUL"))?;
+    // SAFETY: `path` is a valid NUL-terminated string and `stat` a properly sized out-parameter.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Total size of the files under `dir` (0 if it does not exist yet).
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else if kind.is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/changes"),
+            Some(AcrRoute::Changes)
+        );
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/status/"),
+            Some(AcrRoute::Status)
+        );
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/registries"),
+            None
+        );
+        assert_eq!(AcrRoute::parse("/acr/oauth2/token"), None);
+        assert_eq!(AcrRoute::parse("/v2/changes"), None);
+    }
+
+    #[test]
+    fn sizes_are_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dir_size(&dir.path().join("missing")).unwrap(), 0);
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/x"), [0u8; 10]).unwrap();
+        std::fs::write(dir.path().join("a/b/y"), [0u8; 5]).unwrap();
+        assert_eq!(dir_size(dir.path()).unwrap(), 15);
+        assert!(available_bytes(dir.path()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,316 @@
+//! The change log's lifetime and the long-poll over it: the parent side of the change feed.
+//!
+//! Every manifest transaction appends events to the `changes` tree (see `metadata::record_change`).
+//! Children read them through `GET /acr/connected-registry/v1/changes`, waiting here for new ones.
+//! Events older than the retention are pruned, oldest first; the highest pruned sequence number
+//! is persisted (`change_meta` tree, key `pruned_through`), so a child whose cursor points into the
+//! pruned part is told its cursor expired (410 `MESSAGES_EXPIRED`) and reconciles in full instead
+//! of silently missing events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::metadata::{decode_u64, ChangeEvent};
+use super::Store;
+use crate::oci::{Error, ErrorCode, Result};
+
+/// How long change events are kept. The parent does not know each child's `messageTtl`
+/// (1 d – 90 d) before activation exists, so it keeps them for the longest a child may ask for.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// How often the background pruner runs (it also runs once at start).
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Events deleted per transaction while pruning, so one prune never builds a huge transaction.
+const PRUNE_BATCH: usize = 1000;
+
+const META_TREE: &str = "change_meta";
+const PRUNED_THROUGH: &[u8] = b"pruned_through";
+
+impl Store {
+    fn change_meta(&self) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(META_TREE)?)
+    }
+
+    /// Sequence number of the newest event removed by pruning (0 = nothing was ever pruned).
+    pub fn pruned_through(&self) -> Result<u64> {
+        Ok(self
+            .change_meta()?
+            .get(PRUNED_THROUGH)?
+            .map(|v| decode_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Sequence number of the oldest retained change event, if any.
+    pub fn oldest_change_seq(&self) -> Result<Option<u64>> {
+        Ok(self.trees.changes.first()?.map(|(k, _)| decode_u64(&k)))
+    }
+
+    /// Delete change events whose time is before `older_than`, oldest first, stopping at the
+    /// first newer one. The newest event is always kept. Returns how many were deleted.
+    pub fn prune_changes(&self, older_than: DateTime<Utc>) -> Result<usize> {
+        let meta = self.change_meta()?;
+        let changes = &self.trees.changes;
+        let mut deleted = 0;
+        loop {
+            let newest = changes.last()?.map(|(k, _)| decode_u64(&k));
+            let mut batch = Vec::new();
+            for item in changes.iter() {
+                let (k, v) = item?;
+                let seq = decode_u64(&k);
+                if Some(seq) == newest || batch.len() >= PRUNE_BATCH {
+                    break;
+                }
+                let event: ChangeEvent = serde_json::from_slice(&v).map_err(|e| {
+                    Error::new(
+                        ErrorCode::Unknown,
+                        format!("corrupt change event {seq}: {e}"),
+                    )
+                })?;
+                if event.time >= older_than {
+                    break;
+                }
+                batch.push(seq);
+            }
+            let Some(&last) = batch.last() else {
+                break;
+            };
+            (changes, &meta)
+                .transaction(|(changes, meta)| {
+                    for seq in &batch {
+                        changes.remove(&seq.to_be_bytes())?;
+                    }
+                    let previous = meta.get(PRUNED_THROUGH)?.map(|v| decode_u64(&v));
+                    if previous.is_none_or(|p| p < last) {
+                        meta.insert(PRUNED_THROUGH, &last.to_be_bytes())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<Error>>(())
+                })
+                .map_err(Error::from)?;
+            deleted += batch.len();
+            if batch.len() < PRUNE_BATCH {
+                break;
+            }
+        }
+        if deleted > 0 {
+            self.db.flush()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Whether a change-feed cursor can no longer be served: events after it were pruned, or it
+    /// is newer than anything this log ever made durable (the log was reset, or the cursor came
+    /// from another registry). Either way the child must reconcile in full. `since = 0` on a log
+    /// that was never pruned is never expired.
+    pub fn changes_expired(&self, since: u64) -> Result<bool> {
+        if since < self.pruned_through()? {
+            return Ok(true);
+        }
+        Ok(since > *self.last_change.borrow())
+    }
+
+    /// Durable change events after `since`, oldest first, at most `limit`. Returns at once when
+    /// there are some; otherwise waits up to `wait` for one and returns what arrived (possibly
+    /// nothing). Fails with [`ErrorCode::MessagesExpired`] when `since` is expired
+    /// ([`Store::changes_expired`]); the error's detail is `{"since", "latest"}`, `latest` being
+    /// the newest durable seq: a child reconciles in full and then follows from `latest`.
+    /// Holds no thread while waiting; dropping the future cancels the wait.
+    pub async fn wait_for_changes(
+        &self,
+        since: u64,
+        wait: Duration,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>> {
+        let expired = || {
+            Error::new(
+                ErrorCode::MessagesExpired,
+                format!(
+                    "change events after {since} are no longer kept (retention {} days); \
+                     reconcile in full and follow the feed from the newest sequence",
+                    CHANGE_RETENTION.as_secs() / 86_400
+                ),
+            )
+            .with_detail(serde_json::json!({
+                "since": since,
+                "latest": *self.last_change.borrow(),
+            }))
+        };
+        if self.changes_expired(since)? {
+            return Err(expired());
+        }
+        let mut durable = self.watch_changes();
+        let deadline = tokio::time::Instant::now() + wait;
+        let events = loop {
+            let newest = *durable.borrow_and_update();
+            if newest > since {
+                // Only what is durable: an event still in flight could vanish in a crash.
+                let mut events = self.changes_since(since, limit)?;
+                events.retain(|e| e.seq <= newest);
+                break events;
+            }
+            match tokio::time::timeout_at(deadline, durable.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the store is gone.
+                _ => break Vec::new(),
+            }
+        };
+        // Pruning may have run while waiting; a gap must not be handed out as a page.
+        if since < self.pruned_through()? {
+            return Err(expired());
+        }
+        Ok(events)
+    }
+}
+
+/// Prune events older than [`CHANGE_RETENTION`] now and every [`PRUNE_INTERVAL`], in the
+/// background, until the runtime stops.
+pub fn spawn_pruner(store: Arc<Store>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let retention =
+            chrono::Duration::from_std(CHANGE_RETENTION).expect("retention fits chrono");
+        let mut ticks = tokio::time::interval(PRUNE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let store = store.clone();
+            let older_than = Utc::now() - retention;
+            match tokio::task::spawn_blocking(move || store.prune_changes(older_than)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(events = n, %older_than, "pruned old change events"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "pruning change events failed"),
+                Err(e) => tracing::warn!(error = %e, "change pruner task failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, Reference, RepositoryName};
+    use bytes::Bytes;
+    use futures_util::stream;
+
+    async fn push(store: &Store, repo: &RepositoryName, tag: &str, n: u32) {
+        let config = format!(r#"{{"n":{n}}}"#).into_bytes();
+        let digest = Digest::sha256_of(&config);
+        let len = config.len();
+        store
+            .put_blob(repo, &digest, stream::iter([Ok(Bytes::from(config))]))
+            .await
+            .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": digest.to_string(), "size": len},
+            "layers": [],
+        }))
+        .unwrap();
+        store
+            .put_manifest(
+                repo,
+                &Reference::Tag(tag.parse().unwrap()),
+                Some("application/vnd.oci.image.manifest.v1+json"),
+                Bytes::from(manifest),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_expires_old_cursors_and_keeps_the_newest_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: RepositoryName = "apps/hello".parse().unwrap();
+        for n in 0..5 {
+            push(&store, &repo, &format!("v{n}"), n).await;
+        }
+        let all = store.changes_since(0, 100).unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+        let newest = all[4].seq;
+
+        // Nothing pruned: no cursor from this log is expired.
+        assert_eq!(store.pruned_through().unwrap(), 0);
+        assert!(!store.changes_expired(0).unwrap());
+        assert!(!store.changes_expired(newest).unwrap());
+        // A cursor this log never handed out is.
+        assert!(store.changes_expired(newest + 1).unwrap());
+
+        // Nothing is old enough yet.
+        let past = Utc::now() - chrono::Duration::days(1);
+        assert_eq!(store.prune_changes(past).unwrap(), 0);
+
+        // Everything is old: all but the newest go.
+        let future = Utc::now() + chrono::Duration::days(1);
+        assert_eq!(store.prune_changes(future).unwrap(), 4);
+        assert_eq!(store.oldest_change_seq().unwrap(), Some(newest));
+        assert_eq!(store.pruned_through().unwrap(), all[3].seq);
+        assert_eq!(store.prune_changes(future).unwrap(), 0);
+
+        // Cursors before the pruned events are expired; the last pruned one and later are not.
+        for cursor in [0, all[0].seq, all[2].seq] {
+            assert!(store.changes_expired(cursor).unwrap(), "{cursor}");
+            let err = store
+                .wait_for_changes(cursor, Duration::ZERO, 10)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), ErrorCode::MessagesExpired);
+            assert_eq!(err.code().http_status(), 410);
+        }
+        let page = store
+            .wait_for_changes(all[3].seq, Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert_eq!(page, vec![all[4].clone()]);
+        assert!(store
+            .wait_for_changes(newest, Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // The pruned mark survives a restart, and new events carry on after it.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.changes_expired(0).unwrap());
+        assert!(!store.changes_expired(newest).unwrap());
+        push(&store, &repo, "v9", 9).await;
+        let page = store.changes_since(newest, 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(page[0].seq > newest);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_poll_wakes_on_a_new_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: RepositoryName = "hello".parse().unwrap();
+        let started = std::time::Instant::now();
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(
+                async move { store.wait_for_changes(0, Duration::from_secs(20), 10).await },
+            )
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        push(&store, &repo, "latest", 1).await;
+        let events = waiter.await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].repository, "hello");
+        assert_eq!(events[0].tag.as_deref(), Some("latest"));
+
+        // With nothing new, a short wait times out empty.
+        let seq = events[0].seq;
+        let empty = store
+            .wait_for_changes(seq, Duration::from_millis(50), 10)
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+    }
+}

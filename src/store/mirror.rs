@@ -1,0 +1,142 @@
+//! What sync needs from the store beyond the registry API: reusing blobs already on disk,
+//! importing verified downloads, pruning whole repositories, and a small key/value space for
+//! sync state (the change-feed cursor) that survives restarts.
+
+use std::path::PathBuf;
+
+use super::metadata::{decode_digest, key2};
+use super::{Store, StoredManifest};
+use crate::oci::error::IoContext;
+use crate::oci::{Digest, Reference, RepositoryName, Result, Tag};
+
+impl Store {
+    /// Where an in-progress download of `digest` keeps its bytes; unlike `tmp/`, this directory
+    /// survives restarts so a download resumes where it stopped.
+    pub fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("partial")
+            .join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
+    /// Link `digest` into `repo` if its bytes are already on disk (from any repository).
+    /// Returns whether it is now linked.
+    pub async fn link_local_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        if self.blob_size(repo, digest)?.is_some() {
+            return Ok(true);
+        }
+        let path = self.files.path(digest);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(false),
+        };
+        self.link_blob(repo, digest, size).await?;
+        Ok(true)
+    }
+
+    /// Make the verified, fsync'd file at `path` blob `digest` of `repo`.
+    pub async fn import_blob(&self, repo: &RepositoryName, digest: &Digest, path: PathBuf) -> Result<()> {
+        let size = std::fs::metadata(&path)
+            .context(|| format!("reading size of {path:?}"))?
+            .len();
+        let files = self.files.clone();
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || files.commit(&path, &d))
+            .await
+            .map_err(|e| crate::oci::Error::new(crate::oci::ErrorCode::Unknown, e.to_string()))??;
+        self.link_blob(repo, digest, size).await
+    }
+
+    /// The digest `tag` points at in `repo`, if any.
+    pub fn tag_digest(&self, repo: &RepositoryName, tag: &str) -> Result<Option<Digest>> {
+        self.trees
+            .tags
+            .get(key2(repo.as_str(), tag))?
+            .map(|v| decode_digest(&v))
+            .transpose()
+    }
+
+    pub fn has_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .trees
+            .manifest_links
+            .contains_key(key2(repo.as_str(), &digest.to_string()))?)
+    }
+
+    pub fn manifest_by_digest(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<StoredManifest>> {
+        match self.get_manifest(repo, &Reference::Digest(digest.clone())) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every tag of `repo` (empty if the repository is unknown).
+    pub fn all_tags(&self, repo: &RepositoryName) -> Result<Vec<String>> {
+        if !self.repository_exists(repo)? {
+            return Ok(Vec::new());
+        }
+        self.list_tags(repo, None, None)
+    }
+
+    /// Remove a tag if it still points at `expected` (or at anything, with `None`).
+    pub async fn remove_tag(&self, repo: &RepositoryName, tag: &str, expected: Option<&Digest>) -> Result<bool> {
+        let Some(current) = self.tag_digest(repo, tag)? else {
+            return Ok(false);
+        };
+        if expected.is_some_and(|e| *e != current) {
+            return Ok(false);
+        }
+        let tag: Tag = tag.parse()?;
+        match self.delete_manifest(repo, &Reference::Tag(tag)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove a manifest from `repo` if it is there.
+    pub async fn remove_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        match self.delete_manifest(repo, &Reference::Digest(digest.clone())).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove everything `repo` holds: tags, manifests, blob links and the name itself.
+    pub async fn delete_repository(&self, repo: &RepositoryName) -> Result<()> {
+        let prefix = key2(repo.as_str(), "");
+        let manifests: Vec<Digest> = self
+            .trees
+            .manifest_links
+            .scan_prefix(&prefix)
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| decode_digest(&k[prefix.len()..]).ok())
+            .collect();
+        for digest in manifests {
+            self.remove_manifest(repo, &digest).await?;
+        }
+        let mut batch = sled::Batch::default();
+        for key in self.trees.blob_links.scan_prefix(&prefix).keys() {
+            batch.remove(key?);
+        }
+        self.trees.blob_links.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        for key in self.trees.tags.scan_prefix(&prefix).keys() {
+            batch.remove(key?);
+        }
+        self.trees.tags.apply_batch(batch)?;
+        self.trees.repos.remove(repo.as_str())?;
+        self.flush().await
+    }
+
+    pub fn sync_state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.trees.sync_state.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub async fn set_sync_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.trees.sync_state.insert(key, value)?;
+        self.flush().await
+    }
+}

@@ -1,0 +1,358 @@
+//! The node-to-node endpoints over real HTTP against the running binary: the change feed children
+//! follow (events, long-poll wake-up, cursors, errors, shutdown while a poll waits), the status
+//! endpoint, and `connected-registry status` printing it.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, sha256, Registry, BIN};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const FEED: &str = "/acr/connected-registry/v1/changes";
+const STATUS: &str = "/acr/connected-registry/v1/status";
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+fn push_blob(c: &Client, reg: &Registry, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let r = c
+        .post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    digest
+}
+
+/// Push a small image (config + one layer) under `reference`; returns the manifest digest and
+/// bytes.
+fn push_image(
+    c: &Client,
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    layer: &[u8],
+) -> (String, Vec<u8>) {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cd = push_blob(c, reg, repo, config);
+    let ld = push_blob(c, reg, repo, layer);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
+    }))
+    .unwrap();
+    put_manifest(c, reg, repo, reference, &manifest);
+    (sha256(&manifest), manifest)
+}
+
+fn put_manifest(c: &Client, reg: &Registry, repo: &str, reference: &str, manifest: &[u8]) {
+    let r = c
+        .put(reg.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+fn delete_manifest(c: &Client, reg: &Registry, repo: &str, reference: &str) {
+    let r = c
+        .delete(reg.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
+/// One page of the feed, asserting a 200.
+fn changes(c: &Client, reg: &Registry, query: &str) -> Value {
+    let r = c.get(reg.url(&format!("{FEED}?{query}"))).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{query}");
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    r.json().unwrap()
+}
+
+fn assert_error(r: reqwest::blocking::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status, "expected {status} {code}");
+    let body: Value = r.json().expect("error body is JSON");
+    assert_eq!(body["errors"][0]["code"], code, "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().len() > 3);
+    body
+}
+
+#[test]
+fn events_for_push_tag_untag_delete() {
+    let reg = Registry::start();
+    let c = client();
+
+    let empty = changes(&c, &reg, "since=0");
+    assert_eq!(empty, json!({"events": [], "next": 0}));
+    // `since` defaults to 0.
+    assert_eq!(changes(&c, &reg, ""), empty);
+
+    let repo = "feed/app";
+    let (digest, manifest) = push_image(&c, &reg, repo, "v1", b"layer one");
+    put_manifest(&c, &reg, repo, "v2", &manifest); // same manifest, new tag
+    delete_manifest(&c, &reg, repo, "v1"); // untag
+    delete_manifest(&c, &reg, repo, &digest); // untag v2, then delete
+    let (by_digest, _) = {
+        let config = br#"{"os":"linux"}"#;
+        let cd = push_blob(&c, &reg, "other", config);
+        let m = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [],
+        }))
+        .unwrap();
+        let d = sha256(&m);
+        put_manifest(&c, &reg, "other", &d, &m);
+        (d, m)
+    };
+
+    let page = changes(&c, &reg, "since=0");
+    let events = page["events"].as_array().unwrap();
+    let got: Vec<(&str, &str, Option<&str>, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["repository"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["tag"].as_str(),
+                e["digest"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (repo, "push", Some("v1"), digest.as_str()),
+            (repo, "tag", Some("v2"), digest.as_str()),
+            (repo, "untag", Some("v1"), digest.as_str()),
+            (repo, "untag", Some("v2"), digest.as_str()),
+            (repo, "delete", None, digest.as_str()),
+            ("other", "push", None, by_digest.as_str()),
+        ],
+        "{page}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for e in events {
+        let time = e["time"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+            "bad time {time}"
+        );
+    }
+    assert_eq!(page["next"].as_u64().unwrap(), *seqs.last().unwrap());
+
+    // Paging from the middle, and from the end with no wait.
+    let rest = changes(&c, &reg, &format!("since={}", seqs[2]));
+    assert_eq!(rest["events"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["events"][0]["seq"].as_u64().unwrap(), seqs[3]);
+    let next = page["next"].as_u64().unwrap();
+    let started = Instant::now();
+    let end = changes(&c, &reg, &format!("since={next}&wait=0"));
+    assert_eq!(end, json!({"events": [], "next": next}));
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Events survive a restart, and new ones carry on after them.
+    let mut reg = reg;
+    assert!(reg.terminate().success());
+    reg.restart();
+    assert_eq!(changes(&c, &reg, "since=0")["events"], page["events"]);
+    push_image(&c, &reg, repo, "v3", b"layer three");
+    let after = changes(&c, &reg, &format!("since={next}"));
+    assert_eq!(after["events"].as_array().unwrap().len(), 1, "{after}");
+    assert!(after["events"][0]["seq"].as_u64().unwrap() > next);
+    assert_eq!(after["events"][0]["tag"], "v3");
+}
+
+#[test]
+fn long_poll_wakes_on_a_push() {
+    let reg = Registry::start();
+    let c = client();
+    push_image(&c, &reg, "poll", "first", b"first");
+    let next = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
+
+    let url = reg.url(&format!("{FEED}?since={next}&wait=10"));
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = client().get(url).send().unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().unwrap();
+        (started.elapsed(), body)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        !poll.is_finished(),
+        "the long-poll returned before any change"
+    );
+    let (digest, _) = push_image(&c, &reg, "poll", "second", b"second");
+    let (elapsed, body) = poll.join().unwrap();
+    assert!(elapsed < Duration::from_secs(9), "took {elapsed:?}");
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events[0]["repository"], "poll");
+    assert_eq!(events[0]["action"], "push");
+    assert_eq!(events[0]["tag"], "second");
+    assert_eq!(events[0]["digest"], digest.as_str());
+    assert_eq!(body["next"], events[0]["seq"]);
+
+    // With nothing new, a short wait ends empty after about the wait.
+    let next = body["next"].as_u64().unwrap();
+    let started = Instant::now();
+    let empty = changes(&c, &reg, &format!("since={next}&wait=1"));
+    assert_eq!(empty, json!({"events": [], "next": next}));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn bad_cursors_and_methods_are_refused() {
+    let reg = Registry::start();
+    let c = client();
+    for query in ["since=abc", "since=-1", "since=1.5", "wait=x", "wait=-3"] {
+        let r = c.get(reg.url(&format!("{FEED}?{query}"))).send().unwrap();
+        assert_error(r, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    let r = c.post(reg.url(FEED)).send().unwrap();
+    assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED");
+    let r = c
+        .get(reg.url("/acr/connected-registry/v1/nothing"))
+        .send()
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    // A cursor this registry never handed out (its log was reset, or it belongs to another
+    // registry) is expired: the child must reconcile in full, then follow from `latest`.
+    push_image(&c, &reg, "x", "v1", b"x");
+    let latest = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
+    let r = c
+        .get(reg.url(&format!("{FEED}?since={}", latest + 1000)))
+        .send()
+        .unwrap();
+    let body = assert_error(r, StatusCode::GONE, "MESSAGES_EXPIRED");
+    assert_eq!(body["errors"][0]["detail"]["latest"], latest, "{body}");
+
+    // A huge wait is capped, not refused (checked with an event already there).
+    let page = changes(&c, &reg, "since=0&wait=100000");
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn status_endpoint_and_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(&config, "name = \"factorya\"\n").unwrap();
+    let reg = Registry::start_with(&["--config", config.to_str().unwrap()]);
+    let c = client();
+    push_image(&c, &reg, "apps/hello", "v1", &[7u8; 4096]);
+
+    let r = c.get(reg.url(STATUS)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let s: Value = r.json().unwrap();
+    assert_eq!(s["name"], "factorya", "{s}");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["mode"], "ReadWrite");
+    assert_eq!(s["activation"]["status"], "Active");
+    assert!(s["activation"]["since"].is_string(), "{s}");
+    assert_eq!(s["connectionState"], "Online");
+    assert_eq!(s["loginServer"]["host"], reg.host());
+    assert_eq!(s["loginServer"]["tls"]["status"], "Disabled");
+    assert!(s["parent"].is_null(), "{s}");
+    assert!(
+        s["sync"].is_object() && s["statusDetails"].is_array(),
+        "{s}"
+    );
+    let used = s["storage"]["usedBytes"].as_u64().unwrap();
+    assert!(used >= 4096, "{s}");
+    assert!(s["storage"]["availableBytes"].as_u64().unwrap() > 0, "{s}");
+
+    let out = Command::new(BIN)
+        .args(["status", "--url", &reg.url("")])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "NAME",
+        "factorya",
+        "CONNECTION STATE",
+        "Online",
+        "ReadWrite",
+        "Active",
+        "- (root)",
+        "STORAGE",
+        "KiB used",
+    ] {
+        assert!(table.contains(want), "missing {want:?} in:\n{table}");
+    }
+
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--url", &reg.url("/")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["name"], "factorya");
+
+    // Nobody listening: a clear message and a failing exit status.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(BIN)
+        .args(["status", "--url", &closed])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the registry"), "{err}");
+    assert!(err.contains(&closed), "{err}");
+}
+
+#[test]
+fn sigterm_ends_a_pending_long_poll() {
+    let mut reg = Registry::start();
+    let url = reg.url(&format!("{FEED}?since=0&wait=60"));
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = client().get(url).send();
+        (started.elapsed(), r.map(|r| r.status()))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        !poll.is_finished(),
+        "the long-poll returned before any change"
+    );
+    let stopping = Instant::now();
+    reg.send_sigterm();
+    let status = reg
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", reg.log_text()));
+    assert!(status.success(), "{status}; log:\n{}", reg.log_text());
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let (elapsed, result) = poll.join().unwrap();
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    // The poll was answered (empty) before the connection closed.
+    assert_eq!(result.unwrap(), StatusCode::OK);
+}
