@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
-for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk; do
+for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

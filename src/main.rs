@@ -184,7 +184,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "registry listening"
         );
         let status = StatusHandle::new(initial_status(&config, addr));
-        let api = Arc::new(Api::new(store.clone(), status));
+        let api = Arc::new(Api::new(store.clone(), status).read_only(config.parent.is_some()));
         connected_registry::store::changes::spawn_pruner(store.clone());
         let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
         let sync = match &config.parent {

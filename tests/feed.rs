@@ -356,3 +356,21 @@ fn sigterm_ends_a_pending_long_poll() {
     // The poll was answered (empty) before the connection closed.
     assert_eq!(result.unwrap(), StatusCode::OK);
 }
+
+#[test]
+fn events_older_than_the_child_ttl_expire_its_cursor() {
+    let reg = Registry::start();
+    let c = client();
+    push_image(&c, &reg, "ttl/app", "v1", b"layer");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The child last saw nothing (since=0) and the first event it missed is older than 1 s.
+    let r = c.get(reg.url(&format!("{FEED}?since=0&ttl=1"))).send().unwrap();
+    let body = assert_error(r, StatusCode::GONE, "MESSAGES_EXPIRED");
+    let latest = body["errors"][0]["detail"]["latest"].as_u64().unwrap();
+    assert!(latest >= 1, "{body}");
+    // A longer TTL still gets the events, and a cursor at `latest` is simply up to date.
+    let page = changes(&c, &reg, "since=0&ttl=3600");
+    assert!(!page["events"].as_array().unwrap().is_empty());
+    let page = changes(&c, &reg, &format!("since={latest}&ttl=1"));
+    assert_eq!(page["events"], serde_json::json!([]));
+}

@@ -91,6 +91,24 @@ async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
         // The server is stopping: answer now with what there is (nothing new).
         _ = stopping.wait_for(|stop| *stop) => Vec::new(),
     };
+    // A child that has missed events older than its message TTL must reconcile in full, as
+    // if the parent had kept events only that long for it.
+    if let (Some(ttl), Some(first)) = (number(q, "ttl")?, events.first()) {
+        let ttl = chrono::Duration::seconds(ttl.min(i64::MAX as u64) as i64);
+        if first.time < chrono::Utc::now() - ttl {
+            return Err(Error::new(
+                ErrorCode::MessagesExpired,
+                format!(
+                    "change events after {since} are older than the child's message TTL ({}s); reconcile in full",
+                    ttl.num_seconds()
+                ),
+            )
+            .with_detail(serde_json::json!({
+                "since": since,
+                "latest": *api.store.watch_changes().borrow(),
+            })));
+        }
+    }
     let next = events.last().map_or(since, |e| e.seq);
     Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))
 }

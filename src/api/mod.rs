@@ -36,6 +36,8 @@ pub struct Api {
     /// Set when the server starts stopping; change-feed long-polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
     storage: acr::StorageUsage,
+    /// A mirror of its parent: clients may pull but not push or delete.
+    read_only: bool,
 }
 
 impl Api {
@@ -49,7 +51,14 @@ impl Api {
             store,
             status,
             stopping: tokio::sync::watch::Sender::new(false),
+            read_only: false,
         }
+    }
+
+    /// Refuse pushes and deletes (a child node mirrors its parent).
+    pub fn read_only(mut self, read_only: bool) -> Api {
+        self.read_only = read_only;
+        self
     }
 
     /// Answer one request. Never fails: errors become OCI error responses.
@@ -90,6 +99,12 @@ impl Api {
             return acr::handle(self, route, &method, query(&req)).await;
         }
         let route = Route::parse(&path);
+        if self.read_only && route.name().is_some() && !is_read(&method) {
+            return Err(Error::new(
+                ErrorCode::Denied,
+                "this node is a read-only mirror of its parent: push to the parent instead",
+            ));
+        }
         let store = &self.store;
         match (route, &method) {
             (Route::Base, &Method::GET | &Method::HEAD) => {

@@ -178,6 +178,12 @@ impl Config {
         self.listen_addr()?;
         if let Some(parent) = &self.parent {
             parent.validate()?;
+            if self.mode == Some(Mode::ReadWrite) {
+                return Err(ConfigError::Invalid {
+                    field: "mode",
+                    rule: "ReadWrite needs upstream push, which is not available yet; a node with a parent is ReadOnly".to_owned(),
+                });
+            }
         }
         if let Some(level) = &self.logging {
             tracing_filter(&level.level)?;

@@ -141,6 +141,9 @@ pub struct ParentClient {
     requests: AtomicU64,
     /// `n` asked for on paginated lists (a field so unit tests can force several pages).
     page_size: u32,
+    /// This child's `messageTtl`, sent with each change-feed request so the parent answers
+    /// `MESSAGES_EXPIRED` once the child has missed events older than that.
+    message_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for ParentClient {
@@ -300,7 +303,14 @@ impl ParentClient {
             limiter: options.bandwidth_limit.and_then(Limiter::new),
             requests: AtomicU64::new(0),
             page_size: PAGE_SIZE,
+            message_ttl: None,
         })
+    }
+
+    /// Send `ttl` as this child's message TTL with every change-feed request.
+    pub fn with_message_ttl(mut self, ttl: Duration) -> ParentClient {
+        self.message_ttl = Some(ttl);
+        self
     }
 
     /// Requests sent to the parent so far (including retries and token requests).
@@ -573,8 +583,12 @@ impl ParentClient {
 
     /// Long-poll the change feed: events after `since`, waiting up to `wait_secs` for one.
     pub async fn changes(&self, since: u64, wait_secs: u64) -> Result<ChangesPage, SyncError> {
+        let ttl = self
+            .message_ttl
+            .map(|t| format!("&ttl={}", t.as_secs()))
+            .unwrap_or_default();
         let url = self.url(&format!(
-            "/acr/connected-registry/v1/changes?since={since}&wait={wait_secs}"
+            "/acr/connected-registry/v1/changes?since={since}&wait={wait_secs}{ttl}"
         ))?;
         let mut req = Req::new(Method::GET, url, "feed");
         req.wait = Duration::from_secs(wait_secs.min(24 * 3600)) + LONG_POLL_MARGIN;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::client::{ParentClient, ParentOptions, SyncError};
 use super::engine::{PassSummary, SyncEngine, Trigger};
-use super::schedule::{parse_bandwidth, Schedule};
+use super::schedule::{parse_bandwidth, parse_message_ttl, Schedule};
 use super::select::Selection;
 use crate::config::{ConfigError, ParentConfig};
 use crate::status::StatusHandle;
@@ -46,7 +46,8 @@ pub fn build(parent: &ParentConfig, store: Arc<Store>, status: StatusHandle) -> 
             .map(|t| (t.name.clone(), t.password.clone())),
         ca_pem,
         bandwidth_limit: sync.bandwidth_limit.as_deref().map(parse_bandwidth).transpose()?,
-    })?;
+    })?
+    .with_message_ttl(parse_message_ttl(&sync.message_ttl)?);
     let engine = SyncEngine::new(store, client, selection, sync.concurrency, status);
     Ok((Arc::new(engine), schedule))
 }
