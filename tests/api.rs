@@ -1179,3 +1179,62 @@ fn refuses_anonymous_on_a_non_loopback_address_and_bad_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
 }
+
+#[test]
+fn a_child_node_is_a_read_only_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("child.json");
+    // The parent is never reached in this test; only the local API is exercised.
+    let unused = common::free_port();
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"parent": {{"endpoint": "http://127.0.0.1:{unused}", "sync": {{"repositories": ["x"]}}}}}}"#),
+    )
+    .unwrap();
+    let reg = Registry::start_with(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    let d = sha256(b"pushed to a child");
+    assert_error(
+        c.post(reg.url(&format!("/v2/x/blobs/uploads/?digest={d}")))
+            .body("pushed to a child")
+            .send()
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "DENIED",
+    );
+    assert_error(
+        c.put(reg.url("/v2/x/manifests/v1"))
+            .header("Content-Type", OCI_MANIFEST)
+            .body("{}")
+            .send()
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "DENIED",
+    );
+    assert_error(
+        c.delete(reg.url(&format!("/v2/x/blobs/{d}")))
+            .send()
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "DENIED",
+    );
+    assert_eq!(c.get(reg.url("/v2/")).send().unwrap().status(), 200);
+    assert_error(
+        c.get(reg.url("/v2/x/manifests/v1")).send().unwrap(),
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    );
+
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"mode": "ReadWrite", "parent": {{"endpoint": "http://127.0.0.1:{unused}", "sync": {{"repositories": ["x"]}}}}}}"#),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`mode`"));
+}

@@ -1548,7 +1548,7 @@ fn fault_child_killed_mid_sync_restarts_and_finishes() {
         n <= on_disk,
         "resumed at {n} but only {on_disk} bytes were on disk"
     );
-    assert_eq!(gets[0].status, Some(206));
+    assert_eq!(gets[0].status, Some(206), "{log}");
     let total: u64 = blob_gets(&proxy.requests(), &layer_digest)
         .iter()
         .map(|r| r.response_bytes)
