@@ -6,6 +6,6 @@ pub mod api;
 pub mod config;
 pub mod oci;
 pub mod server;
-pub mod store;
 pub mod status;
+pub mod store;
 pub mod sync;

@@ -364,7 +364,10 @@ fn events_older_than_the_child_ttl_expire_its_cursor() {
     push_image(&c, &reg, "ttl/app", "v1", b"layer");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // The child last saw nothing (since=0) and the first event it missed is older than 1 s.
-    let r = c.get(reg.url(&format!("{FEED}?since=0&ttl=1"))).send().unwrap();
+    let r = c
+        .get(reg.url(&format!("{FEED}?since=0&ttl=1")))
+        .send()
+        .unwrap();
     let body = assert_error(r, StatusCode::GONE, "MESSAGES_EXPIRED");
     let latest = body["errors"][0]["detail"]["latest"].as_u64().unwrap();
     assert!(latest >= 1, "{body}");

@@ -860,6 +860,153 @@ fn connected_parent_idle_child_makes_one_long_poll_at_a_time() {
     );
 }
 
+/// The change-feed path applies the same selection as a full pass: tag include/exclude and the
+/// platform filter hold for pushes that arrive as events; a tag deleted at the parent and a
+/// manifest deleted by digest are deleted here; and a client polling the child while an event is
+/// applied (throttled link) never sees the new tag before its content is complete.
+#[test]
+fn connected_parent_feed_applies_filters_deletes_and_never_shows_half_synced_tag() {
+    let root = Registry::start();
+    let r = root.url("");
+    let seed = Image::new("linux/arm64", &[random_bytes(601, 4 * KIB)]);
+    push_image(&r, "feed/app", "v0", &seed);
+    let proxy = Proxy::start(root.port);
+    let child = Node::child(
+        &proxy.endpoint(),
+        json!({
+            "repositories": ["feed/**"],
+            "tags": {"include": "^v", "exclude": "-rc"},
+            "platforms": ["linux/arm64"],
+        }),
+    );
+    let c = child.base();
+    wait_for_tag(
+        &child,
+        "feed/app",
+        "v0",
+        &seed.digest,
+        Duration::from_secs(30),
+    );
+    wait_long_poll(&proxy, &child);
+
+    // Pushed while the child follows the feed.
+    let index = Image::index(vec![
+        Image::new("linux/amd64", &[random_bytes(602, 8 * KIB)]),
+        Image::new("linux/arm64", &[random_bytes(603, 8 * KIB)]),
+    ]);
+    let rc = Image::new("linux/arm64", &[random_bytes(604, 4 * KIB)]);
+    let latest = Image::new("linux/arm64", &[random_bytes(605, 4 * KIB)]);
+    let v3 = Image::new("linux/arm64", &[random_bytes(606, 4 * KIB)]);
+    push_image(&r, "feed/app", "v2-rc", &rc);
+    push_image(&r, "feed/app", "latest", &latest);
+    push_image(&r, "feed/app", "v1", &index);
+    push_image(&r, "feed/app", "v3", &v3);
+    wait_for_tag(
+        &child,
+        "feed/app",
+        "v1",
+        &index.digest,
+        Duration::from_secs(5),
+    );
+    wait_for_tag(&child, "feed/app", "v3", &v3.digest, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        tags(&c, "feed/app"),
+        Some(vec!["v0".into(), "v1".into(), "v3".into()]),
+        "tags arriving by the feed pass include ^v / exclude -rc{}",
+        diag(&child)
+    );
+    assert_serves(&c, "feed/app", "v1", &index, Some(&["linux/arm64"]));
+    let amd64 = index.child("linux/amd64");
+    assert_eq!(
+        get(&c, &format!("/v2/feed/app/manifests/{}", amd64.digest)).status,
+        404,
+        "the feed path ignored the platform filter"
+    );
+    let reqs = proxy.requests();
+    // An untagged push event (the amd64 child pushed by digest before its index) may cost one
+    // manifest GET (the event does not say whether it is a referrer); never its blobs.
+    assert!(
+        mentions(&reqs, &amd64.digest).len() <= 1,
+        "the amd64 child manifest was fetched {} times",
+        mentions(&reqs, &amd64.digest).len()
+    );
+    let mut filtered: Vec<(&str, &str)> = vec![
+        ("v2-rc's manifest", &rc.digest),
+        ("latest's manifest", &latest.digest),
+    ];
+    filtered.extend(
+        amd64
+            .blobs
+            .iter()
+            .map(|b| ("an amd64 blob", b.digest.as_str())),
+    );
+    filtered.extend(rc.blobs.iter().map(|b| ("a v2-rc blob", b.digest.as_str())));
+    filtered.extend(
+        latest
+            .blobs
+            .iter()
+            .map(|b| ("a latest blob", b.digest.as_str())),
+    );
+    for (what, d) in filtered {
+        assert!(
+            mentions(&reqs, d).is_empty(),
+            "filtered-out {what} {d} was requested by the feed path: {:?}\n{}",
+            mentions(&reqs, d),
+            proxy_log(&proxy)
+        );
+    }
+
+    // Deletes at the parent: a tag (the manifest stays), then a manifest by digest.
+    let resp = delete(&r, "/v2/feed/app/manifests/v3");
+    assert_eq!(resp.status, 202, "DELETE tag at the root: {}", resp.text());
+    wait_for_404(&child, "feed/app", "v3", Duration::from_secs(3));
+    delete_manifest(&r, "feed/app", &seed.digest);
+    assert_eq!(get(&r, "/v2/feed/app/manifests/v0").status, 404);
+    wait_for_404(&child, "feed/app", &seed.digest, Duration::from_secs(3));
+    wait_for_404(&child, "feed/app", "v0", Duration::from_secs(3));
+    assert_eq!(tags(&c, "feed/app"), Some(vec!["v1".into()]));
+
+    // A big push over a slow link while a client polls the child.
+    let mut expected = BTreeMap::new();
+    expected.insert("v1".to_owned(), index.digest.clone());
+    let big = Image::new(
+        "linux/arm64",
+        &[random_bytes(607, 512 * KIB), random_bytes(608, 64 * KIB)],
+    );
+    expected.insert("v4".to_owned(), big.digest.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_child(c.clone(), "feed/app".into(), expected, stop.clone());
+    proxy.throttle(Some(256 * 1024));
+    push_image(&r, "feed/app", "v4", &big);
+    let took = wait_for_tag(
+        &child,
+        "feed/app",
+        "v4",
+        &big.digest,
+        Duration::from_secs(20),
+    );
+    println!("576 KiB over a 256 KiB/s link by the feed: {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let w = watcher.join().unwrap();
+    assert!(
+        w.violations.is_empty(),
+        "a client saw incomplete content: {:#?}",
+        w.violations
+    );
+    assert!(
+        w.checks >= 10,
+        "the watcher made too few checks ({})",
+        w.checks
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the throttle was not in the way ({took:?})"
+    );
+    assert_serves(&c, "feed/app", "v4", &big, None);
+}
+
 /// Referrers (an SBOM and a signature with `subject`, pushed by digest as oras does) of a synced
 /// manifest arrive at the child: its referrers API lists them and serves their exact bytes; a
 /// referrer pushed later arrives through the change feed.
@@ -1348,6 +1495,11 @@ fn fault_parent_gone_mid_sync_no_half_synced_tag_and_resume() {
             "{phase}: local pulls took {took:?}"
         );
     };
+
+    // The parent slows to 1 KiB/s.
+    proxy.throttle(Some(1024));
+    std::thread::sleep(Duration::from_millis(1500));
+    local_pulls_work("parent at 1 KiB/s");
 
     // The parent hangs: bytes stop, connections stay open.
     proxy.stall(true);

@@ -136,6 +136,10 @@ pub struct ChangeEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     pub digest: String,
+    /// For a pushed referrer: the manifest it refers to, so a child can tell a signature it
+    /// wants from an index child it filtered out without fetching either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 pub(super) fn record_change(
@@ -144,6 +148,7 @@ pub(super) fn record_change(
     action: ChangeAction,
     tag: Option<String>,
     digest: &str,
+    subject: Option<&str>,
 ) -> std::result::Result<(), UnabortableTransactionError> {
     // generate_id is strictly increasing across restarts, which is all the feed needs.
     let seq = changes.generate_id()? + 1;
@@ -154,6 +159,7 @@ pub(super) fn record_change(
         action,
         tag,
         digest: digest.to_owned(),
+        subject: subject.map(str::to_owned),
     };
     let json = serde_json::to_vec(&event).expect("change events serialise");
     changes.insert(&seq.to_be_bytes(), json)?;

@@ -34,7 +34,12 @@ impl Store {
     }
 
     /// Make the verified, fsync'd file at `path` blob `digest` of `repo`.
-    pub async fn import_blob(&self, repo: &RepositoryName, digest: &Digest, path: PathBuf) -> Result<()> {
+    pub async fn import_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        path: PathBuf,
+    ) -> Result<()> {
         let size = std::fs::metadata(&path)
             .context(|| format!("reading size of {path:?}"))?
             .len();
@@ -62,7 +67,11 @@ impl Store {
             .contains_key(key2(repo.as_str(), &digest.to_string()))?)
     }
 
-    pub fn manifest_by_digest(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<StoredManifest>> {
+    pub fn manifest_by_digest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>> {
         match self.get_manifest(repo, &Reference::Digest(digest.clone())) {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(None),
@@ -79,7 +88,12 @@ impl Store {
     }
 
     /// Remove a tag if it still points at `expected` (or at anything, with `None`).
-    pub async fn remove_tag(&self, repo: &RepositoryName, tag: &str, expected: Option<&Digest>) -> Result<bool> {
+    pub async fn remove_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        expected: Option<&Digest>,
+    ) -> Result<bool> {
         let Some(current) = self.tag_digest(repo, tag)? else {
             return Ok(false);
         };
@@ -96,7 +110,10 @@ impl Store {
 
     /// Remove a manifest from `repo` if it is there.
     pub async fn remove_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
-        match self.delete_manifest(repo, &Reference::Digest(digest.clone())).await {
+        match self
+            .delete_manifest(repo, &Reference::Digest(digest.clone()))
+            .await
+        {
             Ok(()) => Ok(true),
             Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(false),
             Err(e) => Err(e),

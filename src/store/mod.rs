@@ -309,6 +309,7 @@ impl Store {
             Reference::Digest(_) => None,
         };
         let digest_str = digest.to_string();
+        let subject_str = parsed.subject.as_ref().map(|s| s.to_string());
         let record = ManifestRecord::encode(parsed.media_type, &bytes);
         let referrer = parsed
             .subject
@@ -364,7 +365,14 @@ impl Store {
                     }
                 }
                 for (action, tag) in events {
-                    metadata::record_change(changes, repo, action, tag, &digest_str)?;
+                    metadata::record_change(
+                        changes,
+                        repo,
+                        action,
+                        tag,
+                        &digest_str,
+                        subject_str.as_deref(),
+                    )?;
                 }
                 Ok(())
             })?;
@@ -402,6 +410,7 @@ impl Store {
                 ChangeAction::Untag,
                 Some(tag.to_string()),
                 &digest,
+                None,
             )?;
             Ok(())
         })?;
@@ -443,13 +452,21 @@ impl Store {
                             ChangeAction::Untag,
                             Some(tag.clone()),
                             &digest_str,
+                            None,
                         )?;
                     }
                 }
                 if let Some(subject) = &subject {
                     referrers.remove(key3(repo.as_str(), &subject.to_string(), &digest_str))?;
                 }
-                metadata::record_change(changes, repo, ChangeAction::Delete, None, &digest_str)?;
+                metadata::record_change(
+                    changes,
+                    repo,
+                    ChangeAction::Delete,
+                    None,
+                    &digest_str,
+                    None,
+                )?;
                 Ok(())
             },
         )?;

@@ -242,7 +242,12 @@ impl SyncEngine {
 
     /// Make `tag` here point where it points at the parent (`known`: the digest from a change
     /// event, saving a `HEAD`).
-    pub async fn sync_tag(&self, repo: &RepositoryName, tag: &str, known: Option<Digest>) -> Result<(), SyncError> {
+    pub async fn sync_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        known: Option<Digest>,
+    ) -> Result<(), SyncError> {
         let remote = match known {
             Some(d) => d,
             None => match self.client.head_manifest(repo.as_str(), tag).await? {
@@ -292,7 +297,11 @@ impl SyncEngine {
 
     /// Fetch manifest `digest` and everything under it (children of an index that pass the
     /// platform filter, stored by digest; blobs). Returns the manifest for the caller to store.
-    fn sync_manifest_tree(&self, repo: &RepositoryName, digest: Digest) -> BoxFuture<'_, Result<(String, Bytes), SyncError>> {
+    fn sync_manifest_tree(
+        &self,
+        repo: &RepositoryName,
+        digest: Digest,
+    ) -> BoxFuture<'_, Result<(String, Bytes), SyncError>> {
         let repo = repo.clone();
         Box::pin(async move {
             if let Some(m) = self.store.manifest_by_digest(&repo, &digest)? {
@@ -302,15 +311,25 @@ impl SyncEngine {
                 .client
                 .get_manifest(repo.as_str(), &digest.to_string())
                 .await?
-                .ok_or_else(|| SyncError::Protocol(format!("manifest {digest} of {repo} vanished at the parent")))?;
+                .ok_or_else(|| {
+                    SyncError::Protocol(format!(
+                        "manifest {digest} of {repo} vanished at the parent"
+                    ))
+                })?;
             let parsed = ParsedManifest::parse(Some(&remote.media_type), &remote.bytes)
                 .map_err(|e| SyncError::Protocol(format!("manifest {digest} of {repo}: {e}")))?;
             if parsed.media_type.is_index() {
                 for child in self.selected_children(&remote.bytes, &parsed)? {
                     self.progress(|p| p.manifests.total += 1);
-                    let (child_type, child_bytes) = self.sync_manifest_tree(&repo, child.clone()).await?;
+                    let (child_type, child_bytes) =
+                        self.sync_manifest_tree(&repo, child.clone()).await?;
                     self.store
-                        .put_mirrored_manifest(&repo, &Reference::Digest(child.clone()), &child_type, child_bytes)
+                        .put_mirrored_manifest(
+                            &repo,
+                            &Reference::Digest(child.clone()),
+                            &child_type,
+                            child_bytes,
+                        )
                         .await?;
                     self.sync_referrers(&repo, &child).await?;
                     self.progress(|p| p.manifests.done += 1);
@@ -323,9 +342,13 @@ impl SyncEngine {
     }
 
     /// Children of an index whose platform is selected (all when no platforms are configured).
-    fn selected_children(&self, bytes: &[u8], parsed: &ParsedManifest) -> Result<Vec<Digest>, SyncError> {
-        let index: oci_spec::image::ImageIndex =
-            serde_json::from_slice(bytes).map_err(|e| SyncError::Protocol(format!("invalid index: {e}")))?;
+    fn selected_children(
+        &self,
+        bytes: &[u8],
+        parsed: &ParsedManifest,
+    ) -> Result<Vec<Digest>, SyncError> {
+        let index: oci_spec::image::ImageIndex = serde_json::from_slice(bytes)
+            .map_err(|e| SyncError::Protocol(format!("invalid index: {e}")))?;
         let mut out = Vec::new();
         for (descriptor, digest) in index.manifests().iter().zip(&parsed.children) {
             let keep = match descriptor.platform() {
@@ -343,9 +366,17 @@ impl SyncEngine {
         Ok(out)
     }
 
-    async fn ensure_blobs(&self, repo: &RepositoryName, parsed: &ParsedManifest) -> Result<(), SyncError> {
+    async fn ensure_blobs(
+        &self,
+        repo: &RepositoryName,
+        parsed: &ParsedManifest,
+    ) -> Result<(), SyncError> {
         self.progress(|p| p.blobs.total += parsed.blobs.len() as u64);
-        let blobs = parsed.blobs.iter().cloned().zip(parsed.blob_sizes.iter().copied());
+        let blobs = parsed
+            .blobs
+            .iter()
+            .cloned()
+            .zip(parsed.blob_sizes.iter().copied());
         let results: Vec<Result<(), SyncError>> = stream::iter(blobs)
             .map(|(d, size)| async move { self.ensure_blob(repo, &d, size).await })
             .buffer_unordered(self.concurrency)
@@ -355,7 +386,12 @@ impl SyncEngine {
     }
 
     /// Link the blob if any repository here has it; otherwise download it (once, resumably).
-    async fn ensure_blob(&self, repo: &RepositoryName, digest: &Digest, size: u64) -> Result<(), SyncError> {
+    async fn ensure_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), SyncError> {
         if !self.store.link_local_blob(repo, digest).await? {
             let lock = self
                 .blob_locks
@@ -366,21 +402,35 @@ impl SyncEngine {
                 .clone();
             let _guard = lock.lock().await;
             if !self.store.link_local_blob(repo, digest).await? {
-                let _permit = self.downloads.acquire().await.expect("semaphore is never closed");
+                let _permit = self
+                    .downloads
+                    .acquire()
+                    .await
+                    .expect("semaphore is never closed");
                 self.progress(|p| p.bytes.total += size);
                 let partial = self.store.partial_path(digest);
-                let transferred = self.client.download_blob(repo.as_str(), digest, &partial).await?;
+                let transferred = self
+                    .client
+                    .download_blob(repo.as_str(), digest, &partial)
+                    .await?;
                 self.progress(|p| p.bytes.done += transferred);
                 self.store.import_blob(repo, digest, partial).await?;
             }
-            self.blob_locks.lock().expect("blob lock map").remove(digest);
+            self.blob_locks
+                .lock()
+                .expect("blob lock map")
+                .remove(digest);
         }
         self.progress(|p| p.blobs.done += 1);
         Ok(())
     }
 
     /// Referrers of `subject` (signatures, SBOMs) that are not here yet.
-    async fn sync_referrers(&self, repo: &RepositoryName, subject: &Digest) -> Result<(), SyncError> {
+    async fn sync_referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+    ) -> Result<(), SyncError> {
         if !self.referrers_supported.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -397,7 +447,11 @@ impl SyncEngine {
         Ok(())
     }
 
-    async fn store_by_digest(&self, repo: &RepositoryName, digest: &Digest) -> Result<(), SyncError> {
+    async fn store_by_digest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), SyncError> {
         self.progress(|p| p.manifests.total += 1);
         let (media_type, bytes) = self.sync_manifest_tree(repo, digest.clone()).await?;
         self.store
@@ -426,18 +480,16 @@ impl SyncEngine {
             }
             (ChangeAction::Push | ChangeAction::Tag, None) => {
                 // An untagged push: a referrer of something here is kept; index children arrive
-                // with their index's tag.
-                if self.store.has_manifest(&repo, &digest)? {
-                    return Ok(());
-                }
-                if let Some(remote) = self.client.get_manifest(repo.as_str(), &digest.to_string()).await? {
-                    let subject = ParsedManifest::parse(Some(&remote.media_type), &remote.bytes)
-                        .ok()
-                        .and_then(|p| p.subject);
-                    if let Some(subject) = subject {
-                        if self.store.has_manifest(&repo, &subject)? {
-                            self.store_by_digest(&repo, &digest).await?;
-                        }
+                // with their index's tag (and may be filtered out by platform).
+                let subject = event
+                    .subject
+                    .as_deref()
+                    .and_then(|s| s.parse::<Digest>().ok());
+                if let Some(subject) = subject {
+                    if self.store.has_manifest(&repo, &subject)?
+                        && !self.store.has_manifest(&repo, &digest)?
+                    {
+                        self.store_by_digest(&repo, &digest).await?;
                     }
                 }
             }

@@ -74,7 +74,11 @@ struct LoopState {
 
 /// Sync inside one open window; returns only when the window has closed (or on shutdown, by
 /// being dropped).
-async fn session(engine: &SyncEngine, state: &mut LoopState, closes_at: Option<chrono::DateTime<Utc>>) {
+async fn session(
+    engine: &SyncEngine,
+    state: &mut LoopState,
+    closes_at: Option<chrono::DateTime<Utc>>,
+) {
     loop {
         let result = follow(engine, state, closes_at).await;
         if let Err(e) = result {
@@ -104,7 +108,11 @@ async fn follow(
         // A plain OCI parent: reconcile every POLL_INTERVAL (tags/list + HEAD, downloads only
         // what changed).
         loop {
-            let trigger = if state.first_pass_done { Trigger::Schedule } else { Trigger::InitialSync };
+            let trigger = if state.first_pass_done {
+                Trigger::Schedule
+            } else {
+                Trigger::InitialSync
+            };
             engine.full_pass(trigger).await?;
             state.first_pass_done = true;
             state.backoff = Duration::from_secs(1);
@@ -117,7 +125,11 @@ async fn follow(
         save_cursor(engine, cursor).await?;
     } else if !state.first_pass_done {
         // Events since `cursor` are replayed after the pass; applying one twice is harmless.
-        let trigger = if cursor == 0 { Trigger::InitialSync } else { Trigger::Schedule };
+        let trigger = if cursor == 0 {
+            Trigger::InitialSync
+        } else {
+            Trigger::Schedule
+        };
         engine.full_pass(trigger).await?;
     }
     state.first_pass_done = true;

@@ -39,10 +39,12 @@ impl Selection {
                 globs.add(glob);
                 any_glob = true;
             } else {
-                entry.parse::<crate::oci::RepositoryName>().map_err(|e| ConfigError::Invalid {
-                    field: "parent.sync.repositories",
-                    rule: e.to_string(),
-                })?;
+                entry
+                    .parse::<crate::oci::RepositoryName>()
+                    .map_err(|e| ConfigError::Invalid {
+                        field: "parent.sync.repositories",
+                        rule: e.to_string(),
+                    })?;
                 exact.push(entry.clone());
             }
         }
@@ -75,11 +77,13 @@ impl Selection {
             .map(|p| {
                 let parts: Vec<&str> = p.split('/').collect();
                 match parts.as_slice() {
-                    [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                        os: os.to_string(),
-                        architecture: arch.to_string(),
-                        variant: parts.get(2).map(|v| v.to_string()),
-                    }),
+                    [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => {
+                        Ok(Platform {
+                            os: os.to_string(),
+                            architecture: arch.to_string(),
+                            variant: parts.get(2).map(|v| v.to_string()),
+                        })
+                    }
                     _ => Err(ConfigError::Invalid {
                         field: "parent.sync.platforms",
                         rule: format!("{p:?} must be os/architecture[/variant], like linux/arm64"),
@@ -106,7 +110,8 @@ impl Selection {
     }
 
     pub fn matches_repository(&self, name: &str) -> bool {
-        self.exact.iter().any(|e| e == name) || self.patterns.as_ref().is_some_and(|p| p.is_match(name))
+        self.exact.iter().any(|e| e == name)
+            || self.patterns.as_ref().is_some_and(|p| p.is_match(name))
     }
 
     pub fn matches_tag(&self, tag: &str) -> bool {
@@ -144,7 +149,11 @@ mod tests {
 
     #[test]
     fn repositories_tags_and_platforms() {
-        let s = selection(&["hello-world", "apps/*", "deep/**"], Some("^v"), Some("-rc"));
+        let s = selection(
+            &["hello-world", "apps/*", "deep/**"],
+            Some("^v"),
+            Some("-rc"),
+        );
         assert!(s.matches_repository("hello-world"));
         assert!(s.matches_repository("apps/web"));
         assert!(!s.matches_repository("apps/web/api"));

@@ -26,17 +26,23 @@ pub enum SetupError {
 }
 
 /// Build the engine and its schedule from `parent`.
-pub fn build(parent: &ParentConfig, store: Arc<Store>, status: StatusHandle) -> Result<(Arc<SyncEngine>, Schedule), SetupError> {
+pub fn build(
+    parent: &ParentConfig,
+    store: Arc<Store>,
+    status: StatusHandle,
+) -> Result<(Arc<SyncEngine>, Schedule), SetupError> {
     let sync = &parent.sync;
     let schedule = Schedule::parse(&sync.schedule, sync.window.as_deref())?;
     let selection = Selection::new(sync)?;
     let ca_pem = match &parent.ca_certificate {
         None => None,
         Some(text) if text.contains("-----BEGIN") => Some(text.clone()),
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| SetupError::CaFile {
-            path: path.clone(),
-            source,
-        })?),
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| SetupError::CaFile {
+                path: path.clone(),
+                source,
+            })?,
+        ),
     };
     let client = ParentClient::new(ParentOptions {
         endpoint: parent.endpoint.trim_end_matches('/').to_owned(),
@@ -45,7 +51,11 @@ pub fn build(parent: &ParentConfig, store: Arc<Store>, status: StatusHandle) -> 
             .as_ref()
             .map(|t| (t.name.clone(), t.password.clone())),
         ca_pem,
-        bandwidth_limit: sync.bandwidth_limit.as_deref().map(parse_bandwidth).transpose()?,
+        bandwidth_limit: sync
+            .bandwidth_limit
+            .as_deref()
+            .map(parse_bandwidth)
+            .transpose()?,
     })?
     .with_message_ttl(parse_message_ttl(&sync.message_ttl)?);
     let engine = SyncEngine::new(store, client, selection, sync.concurrency, status);
@@ -72,7 +82,12 @@ pub async fn run_once(engine: &SyncEngine) -> Result<PassSummary, SyncError> {
                 bar.set_position(p.bytes.done);
                 bar.set_message(format!(
                     "repositories {}/{} manifests {}/{} blobs {}/{}",
-                    p.repositories.done, p.repositories.total, p.manifests.done, p.manifests.total, p.blobs.done, p.blobs.total
+                    p.repositories.done,
+                    p.repositories.total,
+                    p.manifests.done,
+                    p.manifests.total,
+                    p.blobs.done,
+                    p.blobs.total
                 ));
                 if updates.changed().await.is_err() {
                     break;

@@ -33,7 +33,7 @@ pub struct Request {
     pub status: Option<u16>,
     /// Bytes (head and body) the server sent back on this connection after this request.
     pub response_bytes: u64,
-    /// When the last of those bytes was forwarded, measured from the proxy's start.
+    /// When the last of those bytes came from the server, measured from the proxy's start.
     pub last_byte_at: Option<Duration>,
 }
 
@@ -318,7 +318,8 @@ fn pump_up(id: u64, mut client: TcpStream, mut server: TcpStream, shared: Arc<Sh
     close(id, &shared);
 }
 
-/// Server → client: forward (throttled), attributing bytes to the connection's latest request.
+/// Server → client: forward (throttled), attributing bytes to the connection's latest request
+/// (counted as served by the server when read from it, before they are forwarded).
 fn pump_down(id: u64, mut server: TcpStream, mut client: TcpStream, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -348,11 +349,13 @@ fn pump_down(id: u64, mut server: TcpStream, mut client: TcpStream, shared: Arc<
                 thread::sleep(until - now);
             }
         }
+        // Attribute before forwarding: once the client has the response it may send its next
+        // request, which would otherwise take these bytes.
+        attribute(id, &buf[..n], &shared);
         if client.write_all(&buf[..n]).is_err() {
             break;
         }
         shared.to_client.fetch_add(n as u64, Ordering::SeqCst);
-        attribute(id, &buf[..n], &shared);
     }
     close(id, &shared);
 }
