@@ -1238,7 +1238,7 @@ fn fault_cut_mid_blob_resumes_with_range() {
     let work = tmp();
     let parent = Distribution::start();
     let layer = random_bytes(91, MIB);
-    let img = Image::new("linux/amd64", &[layer.clone()]);
+    let img = Image::new("linux/amd64", std::slice::from_ref(&layer));
     let layer_digest = sha256(&layer);
     skopeo_seed(work.path(), &parent.host(), "resume/app", &[("v1", &img)]);
     let proxy = Proxy::start(parent.port);

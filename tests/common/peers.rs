@@ -426,7 +426,7 @@ pub fn assert_serves(
         n += 1;
     }
     for c in &image.children {
-        let wanted = platforms.map_or(true, |p| p.contains(&c.platform.as_deref().unwrap()));
+        let wanted = platforms.is_none_or(|p| p.contains(&c.platform.as_deref().unwrap()));
         if wanted {
             n += assert_serves(base, repo, &c.digest, c, None);
         }
