@@ -118,6 +118,32 @@ fn wait_for_404(node: &Registry, repo: &str, reference: &str, timeout: Duration)
     );
 }
 
+/// The status once the pass that brought the content has ended `Succeeded` (read at once: a
+/// later pass starts its own counts).
+fn succeeded_status(node: &Registry) -> Value {
+    let base = node.url("");
+    assert!(
+        wait_until(Duration::from_secs(5), || status(&base)["sync"]["state"]
+            == "Succeeded"),
+        "the pass did not end Succeeded{}",
+        diag(node)
+    );
+    status(&base)
+}
+
+/// A Succeeded pass's progress counts are whole: done == total for repositories, manifests,
+/// blobs and bytes.
+fn assert_progress_complete(s: &Value) {
+    let p = &s["sync"]["progress"];
+    for key in ["repositories", "manifests", "blobs", "bytes"] {
+        assert_eq!(
+            p[key]["done"], p[key]["total"],
+            "a Succeeded pass reports {key} {} of {}: {:#}",
+            p[key]["done"], p[key]["total"], s["sync"]
+        );
+    }
+}
+
 /// GET requests for `/v2/<repo>/blobs/<digest>` (any repo).
 fn blob_gets(requests: &[Request], digest: &str) -> Vec<Request> {
     requests
@@ -280,6 +306,32 @@ fn proxy_counts_and_controls_work() {
     assert_eq!(proxy.open_connections(), 0);
     proxy.throttle(None);
 
+    // Corrupt: the body's first byte flipped, same length; off again, intact.
+    proxy.corrupt(Some(&blob.digest));
+    let r = get(&p, &blob_path);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), blob.bytes.len());
+    assert_eq!(r.body[0], blob.bytes[0] ^ 0xff);
+    assert!(r.body[1..] == blob.bytes[1..]);
+    assert_eq!(proxy.corrupted(), 1);
+    assert_eq!(get(&p, "/v2/").status, 200, "other requests pass untouched");
+    proxy.corrupt(None);
+    assert!(get(&p, &blob_path).body == blob.bytes);
+
+    // Strip range: the server sees no Range header and sends it all; the log shows it was sent.
+    proxy.strip_range(true);
+    let r = request(
+        reqwest::Method::GET,
+        &p,
+        &blob_path,
+        &[("Range", "bytes=1000-")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body == blob.bytes);
+    assert_eq!(range_start(&proxy.requests().pop().unwrap()), Some(1000));
+    proxy.strip_range(false);
+
     // Down: new connections are refused until it is up again.
     proxy.set_down(true);
     let before = proxy.refused();
@@ -321,12 +373,19 @@ fn distribution_tags_platforms_and_shared_layers() {
         Image::new("linux/arm64", &[random_bytes(17, 20 * KIB), shared.clone()]),
     ]);
     skopeo_seed(work.path(), &parent.host(), "multi", &[("v1", &multi)]);
+    // A Docker manifest list (pushed over HTTP: distribution keeps Docker media types as sent).
+    let dlist = Image::docker_list(vec![
+        Image::docker("linux/amd64", &[random_bytes(18, 20 * KIB)]),
+        Image::docker("linux/arm64", &[random_bytes(19, 20 * KIB)]),
+    ]);
+    push_image(&parent.url(), "dlist", "v1", &dlist);
+    assert_serves(&parent.url(), "dlist", "v1", &dlist, None);
 
     let proxy = Proxy::start(parent.port);
     let child = Node::child(
         &proxy.endpoint(),
         json!({
-            "repositories": ["hello", "multi"],
+            "repositories": ["hello", "multi", "dlist"],
             "tags": {"include": "^v", "exclude": "-rc"},
             "platforms": ["linux/arm64"],
         }),
@@ -339,6 +398,13 @@ fn distribution_tags_platforms_and_shared_layers() {
         "multi",
         "v1",
         &multi.digest,
+        Duration::from_secs(10),
+    );
+    wait_for_tag(
+        &child,
+        "dlist",
+        "v1",
+        &dlist.digest,
         Duration::from_secs(10),
     );
     println!("initial sync from distribution: {took:?}");
@@ -369,6 +435,13 @@ fn distribution_tags_platforms_and_shared_layers() {
             404
         );
     }
+    // The same for a Docker manifest list.
+    assert_serves(&c, "dlist", "v1", &dlist, Some(&["linux/arm64"]));
+    let d_amd64 = dlist.child("linux/amd64");
+    assert_eq!(
+        get(&c, &format!("/v2/dlist/manifests/{}", d_amd64.digest)).status,
+        404
+    );
 
     // What went over the wire: the shared layer once, nothing filtered out, no blob twice.
     let reqs = proxy.requests();
@@ -379,8 +452,9 @@ fn distribution_tags_platforms_and_shared_layers() {
         "the layer shared by hello:v1, hello:v2 and multi:v1 (arm64) must be downloaded once\n{}",
         proxy_log(&proxy)
     );
-    let mut excluded: Vec<&str> = vec![&amd64.digest, &rc.digest, &latest.digest];
+    let mut excluded: Vec<&str> = vec![&amd64.digest, &rc.digest, &latest.digest, &d_amd64.digest];
     excluded.extend(amd64.blobs.iter().map(|b| b.digest.as_str()));
+    excluded.extend(d_amd64.blobs.iter().map(|b| b.digest.as_str()));
     excluded.push(&rc.blobs[0].digest);
     excluded.push(&rc.blobs[2].digest);
     excluded.extend(latest.blobs.iter().map(|b| b.digest.as_str()));
@@ -405,8 +479,19 @@ fn distribution_tags_platforms_and_shared_layers() {
         twice.is_empty(),
         "blobs downloaded more than once: {twice:?}"
     );
-    // v1, v2 (config + 2 layers, one shared) + arm64 (config + layer).
-    assert_eq!(per_blob.len(), 2 + 1 + 1 + 1 + 2, "{per_blob:?}");
+    // Exactly the blobs of hello:v1, hello:v2 and the two arm64 images.
+    let mut wanted: Vec<String> = Vec::new();
+    for img in [
+        &v1,
+        &v2,
+        multi.child("linux/arm64"),
+        dlist.child("linux/arm64"),
+    ] {
+        wanted.extend(img.blobs.iter().map(|b| b.digest.clone()));
+    }
+    wanted.sort();
+    wanted.dedup();
+    assert_eq!(per_blob.keys().cloned().collect::<Vec<_>>(), wanted);
 
     // Status: a finished, successful pass with its counts.
     assert!(
@@ -477,6 +562,54 @@ fn distribution_glob_repository_patterns() {
         "globs are resolved with the parent's catalog\n{}",
         proxy_log(&proxy)
     );
+}
+
+/// A parent that requires credentials: the sync token goes as Basic auth; a wrong password
+/// shows as `AuthenticationFailed` (and nothing is synced); the right one syncs.
+#[test]
+fn distribution_sync_token_auth() {
+    let work = tmp();
+    let parent = Distribution::start_with_auth(Some(("factorya-sync", "s3cret-pass")));
+    let img = Image::new("linux/amd64", &[random_bytes(801, 8 * KIB)]);
+    skopeo_seed_as(
+        work.path(),
+        &parent.host(),
+        "secure/app",
+        &[("v1", &img)],
+        Some("factorya-sync:s3cret-pass"),
+    );
+    assert_eq!(get(&parent.url(), "/v2/secure/app/tags/list").status, 401);
+    let config = |password: &str| {
+        json!({"parent": {
+            "endpoint": parent.url(),
+            "syncToken": {"name": "factorya-sync", "password": password},
+            "sync": {"repositories": ["secure/app"]},
+        }})
+    };
+    let mut child = Node::with_config(config("wrong-password"));
+    let c = child.base();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            detail_codes(&status(&c))
+                .iter()
+                .any(|code| code == "AuthenticationFailed")
+        }),
+        "statusDetails never showed AuthenticationFailed{}",
+        diag(&child)
+    );
+    assert_eq!(tags(&c, "secure/app"), None);
+
+    child.terminate();
+    child.rewrite_config(config("s3cret-pass"));
+    child.restart();
+    wait_for_tag(
+        &child,
+        "secure/app",
+        "v1",
+        &img.digest,
+        Duration::from_secs(30),
+    );
+    assert_serves(&c, "secure/app", "v1", &img, None);
 }
 
 /// Against distribution (polling every 5 s): an idle cycle downloads nothing (tags/list and
@@ -957,6 +1090,17 @@ fn connected_parent_feed_applies_filters_deletes_and_never_shows_half_synced_tag
         );
     }
 
+    // A tag moved at the parent follows within 2 s.
+    let v3b = Image::new("linux/arm64", &[random_bytes(609, 4 * KIB)]);
+    push_image(&r, "feed/app", "v3", &v3b);
+    let took = time_to_arrive(&c, "feed/app", "v3", &v3b.digest, Duration::from_secs(2));
+    assert!(
+        took.is_some(),
+        "tag move by the feed did not arrive in 2 s{}",
+        diag(&child)
+    );
+    assert_serves(&c, "feed/app", "v3", &v3b, None);
+
     // Deletes at the parent: a tag (the manifest stays), then a manifest by digest.
     let resp = delete(&r, "/v2/feed/app/manifests/v3");
     assert_eq!(resp.status, 202, "DELETE tag at the root: {}", resp.text());
@@ -1005,6 +1149,62 @@ fn connected_parent_feed_applies_filters_deletes_and_never_shows_half_synced_tag
         "the throttle was not in the way ({took:?})"
     );
     assert_serves(&c, "feed/app", "v4", &big, None);
+}
+
+/// A child whose feed cursor the parent cannot serve (the parent was replaced by a fresh one:
+/// `since` is beyond its log) gets 410 `MESSAGES_EXPIRED` and reconciles in full (trigger
+/// `RecoveryService`): the new parent's content arrives and what it no longer has is removed.
+#[test]
+fn connected_parent_expired_cursor_gets_410_and_reconciles_in_full() {
+    let old_root = Registry::start();
+    let mut old = Vec::new();
+    for i in 0..5u64 {
+        let img = Image::new("linux/amd64", &[random_bytes(950 + i, 2 * KIB)]);
+        push_image(&old_root.url(""), "reset/app", &format!("old{i}"), &img);
+        old.push(img);
+    }
+    let proxy = Proxy::start(old_root.port);
+    let child = Node::child(&proxy.endpoint(), json!({"repositories": ["reset/**"]}));
+    let c = child.base();
+    wait_for_tag(
+        &child,
+        "reset/app",
+        "old4",
+        &old[4].digest,
+        Duration::from_secs(30),
+    );
+    wait_long_poll(&proxy, &child);
+
+    let new_root = Registry::start();
+    let img = Image::new("linux/amd64", &[random_bytes(960, 2 * KIB)]);
+    push_image(&new_root.url(""), "reset/app", "new", &img);
+    proxy.set_target(new_root.port);
+    proxy.cut();
+    wait_for_tag(
+        &child,
+        "reset/app",
+        "new",
+        &img.digest,
+        Duration::from_secs(20),
+    );
+    assert_serves(&c, "reset/app", "new", &img, None);
+    assert!(
+        wait_until(Duration::from_secs(5), || tags(&c, "reset/app")
+            == Some(vec!["new".into()])),
+        "tags the new parent does not have are still here: {:?}",
+        tags(&c, "reset/app")
+    );
+    let gone = proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.path() == CHANGES && r.status == Some(410));
+    assert!(
+        gone.is_some(),
+        "no 410 from the change feed\n{}",
+        proxy_log(&proxy)
+    );
+    let s = status(&c);
+    assert_eq!(s["sync"]["trigger"], "RecoveryService", "{:#}", s["sync"]);
 }
 
 /// Referrers (an SBOM and a signature with `subject`, pushed by digest as oras does) of a synced
@@ -1315,6 +1515,181 @@ fn fault_cut_mid_blob_resumes_with_range() {
     );
 }
 
+/// A parent (or a link) that serves a blob whose bytes do not match its digest: the child
+/// refuses it, records `DigestMismatch`, never shows the tag, keeps no poisoned partial file
+/// to resume from; once the bytes are right again the tag arrives intact.
+#[test]
+fn fault_corrupted_blob_is_rejected_with_digest_mismatch() {
+    let work = tmp();
+    let parent = Distribution::start();
+    let good = Image::new("linux/amd64", &[random_bytes(701, 4 * KIB)]);
+    let img = Image::new("linux/amd64", &[random_bytes(702, 128 * KIB)]);
+    let layer = img.blobs[1].digest.clone();
+    skopeo_seed(
+        work.path(),
+        &parent.host(),
+        "bad/app",
+        &[("v0", &good), ("v1", &img)],
+    );
+    let proxy = Proxy::start(parent.port);
+    proxy.corrupt(Some(&layer));
+    let child = Node::child(&proxy.endpoint(), json!({"repositories": ["bad/app"]}));
+    let c = child.base();
+    wait_for_tag(
+        &child,
+        "bad/app",
+        "v0",
+        &good.digest,
+        Duration::from_secs(30),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            detail_codes(&status(&c))
+                .iter()
+                .any(|code| code == "DigestMismatch")
+        }),
+        "statusDetails never showed DigestMismatch (corrupted {} responses){}",
+        proxy.corrupted(),
+        diag(&child)
+    );
+    assert!(proxy.corrupted() >= 1);
+    let s = status(&c);
+    println!(
+        "with a corrupted layer: state {}, details {:?}",
+        s["sync"]["state"],
+        detail_codes(&s)
+    );
+    assert_eq!(
+        tags(&c, "bad/app"),
+        Some(vec!["v0".to_owned()]),
+        "v1 must not be visible"
+    );
+    assert_eq!(get(&c, "/v2/bad/app/manifests/v1").status, 404);
+    assert_eq!(get(&c, &format!("/v2/bad/app/blobs/{layer}")).status, 404);
+
+    proxy.corrupt(None);
+    let took = wait_for_tag(
+        &child,
+        "bad/app",
+        "v1",
+        &img.digest,
+        Duration::from_secs(40),
+    );
+    println!("arrived {took:?} after the link stopped corrupting");
+    assert_serves(&c, "bad/app", "v1", &img, None);
+    // The good download started from 0: nothing of the poisoned bytes was kept to resume from.
+    let last = blob_gets(&proxy.requests(), &layer).pop().unwrap();
+    assert_eq!(
+        range_start(&last).unwrap_or(0),
+        0,
+        "resumed from a corrupt partial file"
+    );
+}
+
+/// A parent that ignores `Range` (answers 200 with the whole blob) after a cut: the child must
+/// start the file over rather than append the whole body to what it had, and the tag arrives
+/// intact without a `DigestMismatch` loop.
+#[test]
+fn fault_parent_ignoring_range_restarts_download_cleanly() {
+    let work = tmp();
+    let parent = Distribution::start();
+    let layer = random_bytes(96, 512 * KIB);
+    let layer_digest = sha256(&layer);
+    let img = Image::new("linux/amd64", std::slice::from_ref(&layer));
+    skopeo_seed(work.path(), &parent.host(), "norange/app", &[("v1", &img)]);
+    let proxy = Proxy::start(parent.port);
+    proxy.throttle(Some(256 * 1024));
+    proxy.strip_range(true);
+    let child = Node::child(&proxy.endpoint(), json!({"repositories": ["norange/app"]}));
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), |reqs| {
+            blob_gets(reqs, &layer_digest)
+                .iter()
+                .any(|r| r.response_bytes >= 128 * 1024)
+        }),
+        "the layer download never got going\n{}{}",
+        proxy_log(&proxy),
+        diag(&child)
+    );
+    proxy.cut();
+    proxy.throttle(None);
+    let took = wait_for_tag(
+        &child,
+        "norange/app",
+        "v1",
+        &img.digest,
+        Duration::from_secs(20),
+    );
+    println!("a parent ignoring Range: tag arrived {took:?} after the cut");
+    assert_serves(&child.base(), "norange/app", "v1", &img, None);
+    let gets = blob_gets(&proxy.requests(), &layer_digest);
+    let log = proxy_log(&proxy);
+    assert!(
+        gets[1..]
+            .iter()
+            .any(|r| range_start(r).unwrap_or(0) > 0 && r.status == Some(200)),
+        "the child asked for a range and got the whole blob (what this test is about)\n{log}"
+    );
+    assert!(
+        gets.len() <= 3,
+        "the download was retried {} times\n{log}",
+        gets.len()
+    );
+    let s = status(&child.base());
+    assert!(
+        !detail_codes(&s).iter().any(|c| c == "DigestMismatch"),
+        "a 200 answer to a Range request was appended to the partial file: {:#}",
+        s["statusDetails"]
+    );
+}
+
+/// The status of a pass that resumed a cut download: `Succeeded` with its counts whole (bytes
+/// done == total), not short by the bytes that were already on disk.
+#[test]
+fn status_progress_is_whole_after_a_resumed_download() {
+    let work = tmp();
+    let parent = Distribution::start();
+    let layer = random_bytes(95, 512 * KIB);
+    let layer_digest = sha256(&layer);
+    let img = Image::new("linux/amd64", std::slice::from_ref(&layer));
+    skopeo_seed(work.path(), &parent.host(), "progress/app", &[("v1", &img)]);
+    let proxy = Proxy::start(parent.port);
+    proxy.throttle(Some(256 * 1024));
+    let child = Node::child(&proxy.endpoint(), json!({"repositories": ["progress/app"]}));
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), |reqs| {
+            blob_gets(reqs, &layer_digest)
+                .iter()
+                .any(|r| r.response_bytes >= 128 * 1024)
+        }),
+        "the layer download never got going\n{}{}",
+        proxy_log(&proxy),
+        diag(&child)
+    );
+    proxy.cut();
+    proxy.throttle(None);
+    wait_for_tag(
+        &child,
+        "progress/app",
+        "v1",
+        &img.digest,
+        Duration::from_secs(30),
+    );
+    let s = succeeded_status(&child);
+    assert!(
+        blob_gets(&proxy.requests(), &layer_digest)
+            .iter()
+            .any(|r| range_start(r).unwrap_or(0) > 0),
+        "the download was not resumed (nothing to check)\n{}",
+        proxy_log(&proxy)
+    );
+    println!(
+        "progress after a resumed download: {}",
+        s["sync"]["progress"]
+    );
+    assert_progress_complete(&s);
+}
+
 /// What a client polling the child saw.
 #[derive(Default)]
 struct Watch {
@@ -1442,7 +1817,7 @@ fn fault_parent_gone_mid_sync_no_half_synced_tag_and_resume() {
     for i in 0..4u64 {
         images.push(Image::new(
             "linux/amd64",
-            &[base_layer.clone(), random_bytes(201 + i, 192 * KIB)],
+            &[base_layer.clone(), random_bytes(201 + i, 160 * KIB)],
         ));
     }
     let tagged: Vec<(String, &Image)> = images
@@ -1458,7 +1833,7 @@ fn fault_parent_gone_mid_sync_no_half_synced_tag_and_resume() {
         .collect();
 
     let proxy = Proxy::start(parent.port);
-    proxy.throttle(Some(96 * 1024));
+    proxy.throttle(Some(128 * 1024));
     let child = Node::child(
         &proxy.endpoint(),
         json!({"repositories": ["steady/app"], "concurrency": 2}),
@@ -1472,11 +1847,12 @@ fn fault_parent_gone_mid_sync_no_half_synced_tag_and_resume() {
         stop.clone(),
     );
 
-    // Let part of it arrive (about a third of the ~830 KiB).
+    // Let part of it arrive: at least one tag (of four) complete here.
     assert!(
-        wait_until(Duration::from_secs(30), || proxy.bytes_to_client()
-            >= 280 * 1024),
-        "sync never got going\n{}{}",
+        wait_until(Duration::from_secs(30), || {
+            !tags(&c, "steady/app").unwrap_or_default().is_empty()
+        }),
+        "no tag arrived\n{}{}",
         proxy_log(&proxy),
         diag(&child)
     );
@@ -1490,6 +1866,7 @@ fn fault_parent_gone_mid_sync_no_half_synced_tag_and_resume() {
         assert_eq!(get(&c, "/v2/").status, 200);
         let took = t.elapsed();
         println!("{phase}: local pulls of {visible:?} took {took:?}");
+        assert!(!visible.is_empty(), "{phase}: nothing to pull");
         assert!(
             took < Duration::from_secs(3),
             "{phase}: local pulls took {took:?}"
@@ -1782,5 +2159,62 @@ fn window_closed_makes_zero_requests() {
         proxy.connections() + proxy.refused(),
         0,
         "requests outside the window"
+    );
+}
+
+/// A daily window that opens within the minute: nothing goes to the parent before it opens
+/// (the status says when it will), then the child syncs on its own.
+#[test]
+fn window_opens_on_schedule_and_syncs() {
+    use chrono::{Duration as ChronoDuration, DurationRound, Timelike, Utc};
+    let work = tmp();
+    let parent = Distribution::start();
+    let img = Image::new("linux/amd64", &[random_bytes(1001, 4 * KIB)]);
+    skopeo_seed(work.path(), &parent.host(), "sched/app", &[("v1", &img)]);
+    let proxy = Proxy::start(parent.port);
+    let now = Utc::now();
+    let minutes = if now.second() >= 50 { 2 } else { 1 };
+    let opens =
+        now.duration_trunc(ChronoDuration::minutes(1)).unwrap() + ChronoDuration::minutes(minutes);
+    let child = Node::child(
+        &proxy.endpoint(),
+        json!({
+            "repositories": ["sched/app"],
+            "schedule": format!("{} {} * * *", opens.minute(), opens.hour()),
+            "window": "PT1H",
+        }),
+    );
+    let c = child.base();
+    let s = status(&c);
+    assert_eq!(
+        s["sync"]["nextWindowStart"]
+            .as_str()
+            .map(|t| t.parse::<chrono::DateTime<Utc>>().unwrap()),
+        Some(opens),
+        "{:#}",
+        s["sync"]
+    );
+    // Until it opens: not one connection.
+    let until_open = (opens - Utc::now()).to_std().unwrap_or_default();
+    std::thread::sleep(until_open.saturating_sub(Duration::from_millis(500)));
+    assert_eq!(
+        (proxy.connections(), proxy.refused()),
+        (0, 0),
+        "requests before the window opened\n{}",
+        proxy_log(&proxy)
+    );
+    assert_eq!(tags(&c, "sched/app"), None);
+    let took = wait_for_tag(
+        &child,
+        "sched/app",
+        "v1",
+        &img.digest,
+        Duration::from_secs(15),
+    );
+    println!("window opened at {opens}; synced {took:?} after 0.5 s before the opening");
+    assert_serves(&c, "sched/app", "v1", &img, None);
+    assert!(
+        status(&c)["sync"]["nextWindowStart"].is_null(),
+        "inside the window"
     );
 }

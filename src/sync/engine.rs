@@ -413,7 +413,9 @@ impl SyncEngine {
                     .client
                     .download_blob(repo.as_str(), digest, &partial)
                     .await?;
-                self.progress(|p| p.bytes.done += transferred);
+                tracing::debug!(%digest, transferred, size, "blob downloaded");
+                // The whole blob is done, including bytes a resumed download already had.
+                self.progress(|p| p.bytes.done += size);
                 self.store.import_blob(repo, digest, partial).await?;
             }
             self.blob_locks

@@ -18,6 +18,10 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -140,6 +144,42 @@ impl Image {
         image
     }
 
+    /// A Docker image manifest (schema 2) with gzip-typed layers.
+    pub fn docker(os_arch: &str, layers: &[Vec<u8>]) -> Image {
+        let (os, arch) = os_arch.split_once('/').unwrap();
+        let layers: Vec<Blob> = layers
+            .iter()
+            .map(|l| Blob::new(DOCKER_LAYER, l.clone()))
+            .collect();
+        let config = json!({"architecture": arch, "os": os, "config": {},
+            "rootfs": {"type": "layers", "diff_ids": []}});
+        let config = Blob::new(DOCKER_CONFIG, serde_json::to_vec(&config).unwrap());
+        let doc = json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": config.descriptor(),
+            "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+        });
+        let mut blobs = vec![config];
+        blobs.extend(layers);
+        let mut image = Image::from_doc(DOCKER_MANIFEST, &doc, blobs, vec![]);
+        image.platform = Some(os_arch.to_owned());
+        image
+    }
+
+    /// A Docker manifest list over Docker platform images.
+    pub fn docker_list(children: Vec<Image>) -> Image {
+        let mut list = Image::index(children);
+        let mut doc: Value = serde_json::from_slice(&list.bytes).unwrap();
+        doc["mediaType"] = json!(DOCKER_LIST);
+        Image::from_doc(
+            DOCKER_LIST,
+            &doc,
+            vec![],
+            std::mem::take(&mut list.children),
+        )
+    }
+
     /// An OCI index over platform images.
     pub fn index(children: Vec<Image>) -> Image {
         let manifests: Vec<Value> = children
@@ -236,6 +276,21 @@ pub fn write_layout(dir: &Path, images: &[(&str, &Image)]) {
 /// Push each (tag, image) to `host/repo:tag` with `skopeo copy --all --preserve-digests`,
 /// through an OCI layout written in `work`.
 pub fn skopeo_seed(work: &Path, host: &str, repo: &str, images: &[(&str, &Image)]) {
+    skopeo_seed_as(work, host, repo, images, None);
+    // skopeo pushed the exact bytes: the parent serves every manifest and blob as built.
+    for (tag, image) in images {
+        assert_serves(&format!("http://{host}"), repo, tag, image, None);
+    }
+}
+
+/// [`skopeo_seed`] with `user:password` credentials (no anonymous check afterwards).
+pub fn skopeo_seed_as(
+    work: &Path,
+    host: &str,
+    repo: &str,
+    images: &[(&str, &Image)],
+    creds: Option<&str>,
+) {
     let skopeo = require("skopeo");
     let dir = work.join(format!("layout-{}", repo.replace('/', "_")));
     write_layout(&dir, images);
@@ -248,12 +303,9 @@ pub fn skopeo_seed(work: &Path, host: &str, repo: &str, images: &[(&str, &Image)
                 "--preserve-digests",
                 "--dest-tls-verify=false",
             ])
+            .args(creds.map(|c| format!("--dest-creds={c}")))
             .arg(format!("oci:{}:{tag}", dir.display()))
             .arg(format!("docker://{host}/{repo}:{tag}")));
-    }
-    // skopeo pushed the exact bytes: the parent serves every manifest and blob as built.
-    for (tag, image) in images {
-        assert_serves(&format!("http://{host}"), repo, tag, image, None);
     }
 }
 
@@ -514,17 +566,34 @@ pub struct Distribution {
 
 impl Distribution {
     pub fn start() -> Distribution {
+        Distribution::start_with_auth(None)
+    }
+
+    /// With `Some((user, password))`: htpasswd (bcrypt) Basic authentication on every request.
+    pub fn start_with_auth(auth: Option<(&str, &str)>) -> Distribution {
         require("docker-registry");
         let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = tmp.path().join("config.yml");
+        let auth = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let line = run(Command::new(require("htpasswd")).args(["-Bbn", user, password]));
+                let file = tmp.path().join("htpasswd");
+                std::fs::write(&file, line.trim()).unwrap();
+                format!(
+                    "auth:\n  htpasswd: {{realm: test-realm, path: {}}}\n",
+                    file.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\n\
                  log: {{level: info, accesslog: {{disabled: true}}}}\n\
                  storage:\n  cache: {{blobdescriptor: inmemory}}\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 tmp.path().join("root").display()
             ),
         )
@@ -557,7 +626,7 @@ impl Distribution {
         let base = self.url();
         let ok = wait_until(Duration::from_secs(20), || {
             reqwest::blocking::get(format!("{base}/v2/"))
-                .map(|r| r.status().as_u16() == 200)
+                .map(|r| matches!(r.status().as_u16(), 200 | 401))
                 .unwrap_or(false)
         });
         assert!(ok, "docker-registry did not start:\n{}", self.log_text());

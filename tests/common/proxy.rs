@@ -1,7 +1,8 @@
 //! A TCP proxy the tests control, between a child node and its parent: it counts connections,
 //! bytes each way and HTTP/1.1 requests (request line and headers, seen client → server, with the
 //! bytes of the response that followed each one), and it can cut every open connection, refuse new
-//! ones, stall (hold bytes without closing) and throttle the server → client direction.
+//! ones, stall (hold bytes without closing), throttle the server → client direction and corrupt
+//! chosen responses (one body byte flipped, so the digest no longer matches).
 //!
 //! Built on std threads: one acceptor, two pumps per connection. Responses are attributed to the
 //! latest request of their connection, which is exact for HTTP/1.1 without pipelining (what every
@@ -58,10 +59,12 @@ struct Conn {
 }
 
 struct Shared {
-    target: u16,
+    target: std::sync::atomic::AtomicU16,
     started: Instant,
     down: AtomicBool,
     stalled: AtomicBool,
+    /// Rename `Range` request headers on the way to the server (a parent that ignores them).
+    strip_range: AtomicBool,
     /// Bytes per second server → client; 0 = unlimited.
     throttle: AtomicU64,
     /// Pacing for the throttle, shared by every connection (one slow link).
@@ -75,6 +78,11 @@ struct Shared {
     /// Index into `requests` of each connection's latest request.
     latest: Mutex<HashMap<u64, usize>>,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// While set: GET responses for targets containing this get their first body byte flipped.
+    corrupt: Mutex<Option<String>>,
+    /// Connections whose current response is to be corrupted.
+    corrupting: Mutex<HashMap<u64, Corrupting>>,
+    corrupted: AtomicU64,
     /// Notified on every request and every response chunk, for waiters.
     changed: Condvar,
     changed_lock: Mutex<u64>,
@@ -92,10 +100,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
-            target,
+            target: std::sync::atomic::AtomicU16::new(target),
             started: Instant::now(),
             down: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
+            strip_range: AtomicBool::new(false),
             throttle: AtomicU64::new(0),
             next_free: Mutex::new(Instant::now()),
             stopping: AtomicBool::new(false),
@@ -106,6 +115,9 @@ impl Proxy {
             requests: Mutex::new(Vec::new()),
             latest: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            corrupt: Mutex::new(None),
+            corrupting: Mutex::new(HashMap::new()),
+            corrupted: AtomicU64::new(0),
             changed: Condvar::new(),
             changed_lock: Mutex::new(0),
         });
@@ -148,12 +160,35 @@ impl Proxy {
         self.shared.stalled.store(stalled, Ordering::SeqCst);
     }
 
+    /// Forward new connections to `127.0.0.1:port` from now on (open ones are left as they are).
+    pub fn set_target(&self, port: u16) {
+        self.shared.target.store(port, Ordering::SeqCst);
+    }
+
+    /// While on, `Range` request headers reach the server renamed (`X-Rng`, same length), so
+    /// the parent answers with the whole body as if it did not support ranges. The request log
+    /// still shows what the client sent.
+    pub fn strip_range(&self, on: bool) {
+        self.shared.strip_range.store(on, Ordering::SeqCst);
+    }
+
     /// Limit server → client bytes per second, over all connections together (`None`: no limit).
     pub fn throttle(&self, bytes_per_sec: Option<u64>) {
         self.shared
             .throttle
             .store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
         *self.shared.next_free.lock().unwrap() = Instant::now();
+    }
+
+    /// While `Some(s)`, the response to every GET whose target contains `s` reaches the client
+    /// with its first body byte flipped (same length, wrong digest).
+    pub fn corrupt(&self, target_contains: Option<&str>) {
+        *self.shared.corrupt.lock().unwrap() = target_contains.map(str::to_owned);
+    }
+
+    /// Responses corrupted so far.
+    pub fn corrupted(&self) -> u64 {
+        self.shared.corrupted.load(Ordering::SeqCst)
     }
 
     /// Connections accepted and forwarded so far.
@@ -255,7 +290,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _ = client.shutdown(Shutdown::Both);
             continue;
         }
-        let server = match TcpStream::connect(("127.0.0.1", shared.target)) {
+        let server = match TcpStream::connect(("127.0.0.1", shared.target.load(Ordering::SeqCst))) {
             Ok(s) => s,
             Err(_) => {
                 // The target is gone: behave like it (close the client's connection).
@@ -309,11 +344,15 @@ fn pump_up(id: u64, mut client: TcpStream, mut server: TcpStream, shared: Arc<Sh
         for head in parser.feed(&buf[..n]) {
             record(id, head, &shared);
         }
+        if shared.strip_range.load(Ordering::SeqCst) {
+            rename_range_headers(&mut buf[..n]);
+        }
         wait_unstalled(&shared);
+        // Counted before the write, so the count never lags what the other side has seen.
+        shared.to_server.fetch_add(n as u64, Ordering::SeqCst);
         if server.write_all(&buf[..n]).is_err() {
             break;
         }
-        shared.to_server.fetch_add(n as u64, Ordering::SeqCst);
     }
     close(id, &shared);
 }
@@ -352,15 +391,72 @@ fn pump_down(id: u64, mut server: TcpStream, mut client: TcpStream, shared: Arc<
         // Attribute before forwarding: once the client has the response it may send its next
         // request, which would otherwise take these bytes.
         attribute(id, &buf[..n], &shared);
+        corrupt(id, &mut buf[..n], &shared);
+        shared.to_client.fetch_add(n as u64, Ordering::SeqCst);
         if client.write_all(&buf[..n]).is_err() {
             break;
         }
-        shared.to_client.fetch_add(n as u64, Ordering::SeqCst);
     }
     close(id, &shared);
 }
 
+/// Where a response being corrupted is: still in its head (with the last bytes seen, for a
+/// blank line split across reads), or at the first body byte.
+#[derive(Default)]
+struct Corrupting {
+    carry: Vec<u8>,
+    flip_next: bool,
+}
+
+fn corrupt(id: u64, buf: &mut [u8], shared: &Shared) {
+    let mut map = shared.corrupting.lock().unwrap();
+    let Some(state) = map.get_mut(&id) else {
+        return;
+    };
+    if buf.is_empty() {
+        return;
+    }
+    let flip_at = if state.flip_next {
+        Some(0)
+    } else {
+        let mut seen = std::mem::take(&mut state.carry);
+        let carried = seen.len();
+        seen.extend_from_slice(buf);
+        match find(&seen, b"\r\n\r\n") {
+            Some(p) if p + 4 - carried < buf.len() => Some(p + 4 - carried),
+            Some(_) => {
+                state.flip_next = true;
+                None
+            }
+            None => {
+                state.carry = seen[seen.len().saturating_sub(3)..].to_vec();
+                None
+            }
+        }
+    };
+    if let Some(i) = flip_at {
+        buf[i] ^= 0xff;
+        map.remove(&id);
+        shared.corrupted.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 fn record(id: u64, head: ParsedHead, shared: &Shared) {
+    let wanted = shared
+        .corrupt
+        .lock()
+        .unwrap()
+        .as_deref()
+        .is_some_and(|s| head.method == "GET" && head.target.contains(s));
+    if wanted {
+        shared
+            .corrupting
+            .lock()
+            .unwrap()
+            .insert(id, Corrupting::default());
+    } else {
+        shared.corrupting.lock().unwrap().remove(&id);
+    }
     let mut requests = shared.requests.lock().unwrap();
     requests.push(Request {
         conn: id,
@@ -467,6 +563,20 @@ impl RequestParser {
             });
         }
         out
+    }
+}
+
+/// `\r\nRange:` (any case) → `\r\nX-Rng:`.
+fn rename_range_headers(buf: &mut [u8]) {
+    let needle = b"\r\nrange:";
+    let mut i = 0;
+    while i + needle.len() <= buf.len() {
+        if buf[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+            buf[i + 2..i + 7].copy_from_slice(b"X-Rng");
+            i += needle.len();
+        } else {
+            i += 1;
+        }
     }
 }
 
