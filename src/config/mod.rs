@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod limits;
+pub use limits::{open_files_limit, Limits, LimitsConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path:?}: {source}")]
@@ -40,6 +43,8 @@ pub struct Config {
     /// No parent: this node is a root.
     pub parent: Option<ParentConfig>,
     pub logging: Option<LoggingConfig>,
+    /// Timeouts and caps that protect the server (see [`Limits`]).
+    pub limits: Option<LimitsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -188,6 +193,7 @@ impl Config {
         if let Some(level) = &self.logging {
             tracing_filter(&level.level)?;
         }
+        self.limits()?;
         Ok(())
     }
 
@@ -197,6 +203,11 @@ impl Config {
             field: "listen",
             rule: format!("{listen:?} must be an IP address and port, like 0.0.0.0:8080"),
         })
+    }
+
+    /// The server's limits with defaults filled in.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        self.limits.clone().unwrap_or_default().resolve()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -198,7 +198,7 @@ pub fn parse_message_ttl(ttl: &str) -> Result<Duration, ConfigError> {
 
 /// An ISO-8601 duration of fixed length: weeks, days, hours, minutes and seconds (a day is 24 h,
 /// as everything here is UTC). Years and months have no fixed length and are refused.
-fn parse_iso_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_iso_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
     let text = text.trim();
     let d: iso8601_duration::Duration = text.parse().map_err(|_| ConfigError::Invalid {
         field,
