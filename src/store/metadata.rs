@@ -16,7 +16,9 @@ pub(super) struct Trees {
     pub blob_links: sled::Tree,
     /// digest → [`ManifestRecord`]
     pub manifests: sled::Tree,
-    /// repo\0digest → ()
+    /// repo\0digest → the media type this repository serves it with (one byte, see
+    /// [`media_type_code`]; empty in stores written before media types were per repository,
+    /// meaning the [`ManifestRecord`]'s)
     pub manifest_links: sled::Tree,
     /// repo\0tag → digest
     pub tags: sled::Tree,
@@ -82,16 +84,29 @@ pub(super) struct ManifestRecord {
     pub bytes: Bytes,
 }
 
+pub(super) fn media_type_code(media_type: MediaType) -> u8 {
+    match media_type {
+        MediaType::OciManifest => 0,
+        MediaType::OciIndex => 1,
+        MediaType::DockerManifest => 2,
+        MediaType::DockerManifestList => 3,
+    }
+}
+
+pub(super) fn media_type_from_code(code: u8) -> Result<MediaType> {
+    Ok(match code {
+        0 => MediaType::OciManifest,
+        1 => MediaType::OciIndex,
+        2 => MediaType::DockerManifest,
+        3 => MediaType::DockerManifestList,
+        _ => return Err(corrupt("unknown manifest media type code")),
+    })
+}
+
 impl ManifestRecord {
     pub fn encode(media_type: MediaType, bytes: &[u8]) -> Vec<u8> {
-        let code = match media_type {
-            MediaType::OciManifest => 0u8,
-            MediaType::OciIndex => 1,
-            MediaType::DockerManifest => 2,
-            MediaType::DockerManifestList => 3,
-        };
         let mut v = Vec::with_capacity(bytes.len() + 1);
-        v.push(code);
+        v.push(media_type_code(media_type));
         v.extend_from_slice(bytes);
         v
     }
@@ -100,13 +115,7 @@ impl ManifestRecord {
         let (&code, rest) = v
             .split_first()
             .ok_or_else(|| corrupt("empty manifest record"))?;
-        let media_type = match code {
-            0 => MediaType::OciManifest,
-            1 => MediaType::OciIndex,
-            2 => MediaType::DockerManifest,
-            3 => MediaType::DockerManifestList,
-            _ => return Err(corrupt("unknown manifest media type code")),
-        };
+        let media_type = media_type_from_code(code)?;
         Ok(ManifestRecord {
             media_type,
             bytes: Bytes::copy_from_slice(rest),

@@ -5,9 +5,10 @@
 use std::path::PathBuf;
 
 use super::metadata::{decode_digest, key2};
+use super::locks::RepoGuard;
 use super::{Store, StoredManifest};
 use crate::oci::error::IoContext;
-use crate::oci::{Digest, Reference, RepositoryName, Result, Tag};
+use crate::oci::{Digest, ErrorCode, Reference, RepositoryName, Result, Tag};
 
 impl Store {
     /// Where an in-progress download of `digest` keeps its bytes; unlike `tmp/`, this directory
@@ -94,18 +95,19 @@ impl Store {
         tag: &str,
         expected: Option<&Digest>,
     ) -> Result<bool> {
-        let Some(current) = self.tag_digest(repo, tag)? else {
-            return Ok(false);
-        };
-        if expected.is_some_and(|e| *e != current) {
-            return Ok(false);
-        }
         let tag: Tag = tag.parse()?;
-        match self.delete_manifest(repo, &Reference::Tag(tag)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(false),
-            Err(e) => Err(e),
+        {
+            let guard = self.locks.lock(repo);
+            let Some(current) = self.tag_digest(repo, tag.as_str())? else {
+                return Ok(false);
+            };
+            if expected.is_some_and(|e| *e != current) {
+                return Ok(false);
+            }
+            self.delete_tag_locked(&guard, repo, &tag)?;
         }
+        self.flush().await?;
+        Ok(true)
     }
 
     /// Remove a manifest from `repo` if it is there.
@@ -115,24 +117,33 @@ impl Store {
             .await
         {
             Ok(()) => Ok(true),
-            Err(e) if e.code() == crate::oci::ErrorCode::ManifestUnknown => Ok(false),
+            Err(e) if e.code() == ErrorCode::ManifestUnknown => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Remove everything `repo` holds: tags, manifests, blob links and the name itself.
+    /// Remove everything `repo` holds: tags, manifests, blob links and the name itself. Each
+    /// manifest leaves in its own transaction (with its change events), so a crash part-way
+    /// leaves a smaller repository that the next prune finishes.
     pub async fn delete_repository(&self, repo: &RepositoryName) -> Result<()> {
+        self.delete_repository_locked(&self.locks.lock(repo), repo)?;
+        self.flush().await
+    }
+
+    fn delete_repository_locked(&self, guard: &RepoGuard, repo: &RepositoryName) -> Result<()> {
         let prefix = key2(repo.as_str(), "");
-        let manifests: Vec<Digest> = self
-            .trees
-            .manifest_links
-            .scan_prefix(&prefix)
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter_map(|k| decode_digest(&k[prefix.len()..]).ok())
-            .collect();
+        let mut manifests = Vec::new();
+        for key in self.trees.manifest_links.scan_prefix(&prefix).keys() {
+            if let Ok(digest) = decode_digest(&key?[prefix.len()..]) {
+                manifests.push(digest);
+            }
+        }
         for digest in manifests {
-            self.remove_manifest(repo, &digest).await?;
+            match self.delete_manifest_digest_locked(guard, repo, &digest) {
+                Ok(()) => {}
+                Err(e) if e.code() == ErrorCode::ManifestUnknown => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut batch = sled::Batch::default();
         for key in self.trees.blob_links.scan_prefix(&prefix).keys() {
@@ -145,7 +156,7 @@ impl Store {
         }
         self.trees.tags.apply_batch(batch)?;
         self.trees.repos.remove(repo.as_str())?;
-        self.flush().await
+        Ok(())
     }
 
     pub fn sync_state(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -9,8 +9,10 @@
 pub mod blobs;
 pub mod changes;
 mod listings;
+mod locks;
 mod metadata;
 mod mirror;
+pub mod sweep;
 mod uploads;
 
 use std::io;
@@ -26,6 +28,7 @@ use crate::oci::{
     Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName, Result, Tag,
 };
 pub use blobs::BlobFiles;
+use locks::{RepoGuard, RepoLocks};
 use metadata::{key2, key3, ManifestRecord, Trees};
 pub use metadata::{ChangeAction, ChangeEvent};
 pub use uploads::{UploadId, UploadStatus};
@@ -51,6 +54,8 @@ pub struct Store {
     trees: Trees,
     files: BlobFiles,
     uploads: uploads::Sessions,
+    /// Held by every writer of a repository's metadata across its reads and its transaction.
+    locks: RepoLocks,
     /// Sequence number of the newest durable change event; long-polls wait on it.
     last_change: tokio::sync::watch::Sender<u64>,
 }
@@ -83,6 +88,7 @@ impl Store {
             trees,
             files,
             uploads: uploads::Sessions::new(root)?,
+            locks: RepoLocks::new(),
             last_change: tokio::sync::watch::Sender::new(newest),
         };
         let removed = store.files.clean_temp()?;
@@ -149,7 +155,11 @@ impl Store {
     /// Unlink `digest` from `repo`. The file stays until garbage collection.
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
         let key = key2(repo.as_str(), &digest.to_string());
-        if self.trees.blob_links.remove(key)?.is_none() {
+        let removed = {
+            let _guard = self.locks.lock(repo);
+            self.trees.blob_links.remove(key)?
+        };
+        if removed.is_none() {
             return Err(blob_unknown(digest));
         }
         self.flush().await
@@ -174,6 +184,20 @@ impl Store {
     }
 
     async fn link_blob(&self, repo: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
+        {
+            let guard = self.locks.lock(repo);
+            self.link_blob_locked(&guard, repo, digest, size)?;
+        }
+        self.flush().await
+    }
+
+    fn link_blob_locked(
+        &self,
+        _guard: &RepoGuard,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
         let t = &self.trees;
         (&t.blob_links, &t.repos)
             .transaction(|(links, repos)| {
@@ -184,8 +208,7 @@ impl Store {
                 repos.insert(repo.as_str().as_bytes(), &[])?;
                 Ok(())
             })
-            .map_err(Error::from)?;
-        self.flush().await
+            .map_err(Error::from)
     }
 
     /// Store a complete blob from a stream (monolithic upload), verifying it against `digest`.
@@ -236,26 +259,28 @@ impl Store {
                     .ok_or_else(|| manifest_unknown(reference))?;
                 metadata::decode_digest(&target)?
             }
-            Reference::Digest(d) => {
-                if !self
-                    .trees
-                    .manifest_links
-                    .contains_key(key2(repo.as_str(), &d.to_string()))?
-                {
-                    return Err(manifest_unknown(reference));
-                }
-                d.clone()
-            }
+            Reference::Digest(d) => d.clone(),
         };
+        let link = self
+            .trees
+            .manifest_links
+            .get(key2(repo.as_str(), &digest.to_string()))?
+            .ok_or_else(|| manifest_unknown(reference))?;
         let record = self
             .trees
             .manifests
             .get(digest.to_string())?
             .ok_or_else(|| manifest_unknown(reference))?;
         let record = ManifestRecord::decode(&record)?;
+        // The media type this repository was given; the record's for links made before media
+        // types were kept per repository.
+        let media_type = match link.first() {
+            Some(&code) => metadata::media_type_from_code(code)?,
+            None => record.media_type,
+        };
         Ok(StoredManifest {
             digest,
-            media_type: record.media_type,
+            media_type,
             bytes: record.bytes,
         })
     }
@@ -325,6 +350,8 @@ impl Store {
             .transpose()
             .map_err(|e| Error::new(ErrorCode::Unknown, e.to_string()))?;
 
+        let media_code = [metadata::media_type_code(parsed.media_type)];
+        let guard = self.locks.lock(repo);
         let t = &self.trees;
         (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.tags, &t.referrers, &t.changes)
             .transaction(|(repos, blob_links, manifests, manifest_links, tags, referrers, changes)| {
@@ -349,7 +376,7 @@ impl Store {
                 repos.insert(repo.as_str().as_bytes(), &[])?;
                 manifests.insert(digest_str.as_bytes(), record.as_slice())?;
                 let link_key = key2(repo.as_str(), &digest_str);
-                let new_in_repo = manifest_links.insert(link_key, &[])?.is_none();
+                let new_in_repo = manifest_links.insert(link_key, &media_code)?.is_none();
                 if let Some((key, descriptor)) = &referrer {
                     referrers.insert(key.as_slice(), descriptor.as_slice())?;
                 }
@@ -376,6 +403,7 @@ impl Store {
                 }
                 Ok(())
             })?;
+        drop(guard);
         self.flush().await?;
         Ok(PutManifest {
             digest,
@@ -390,13 +418,19 @@ impl Store {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<()> {
-        match reference {
-            Reference::Tag(tag) => self.delete_tag(repo, tag).await,
-            Reference::Digest(digest) => self.delete_manifest_digest(repo, digest).await,
+        {
+            let guard = self.locks.lock(repo);
+            match reference {
+                Reference::Tag(tag) => self.delete_tag_locked(&guard, repo, tag)?,
+                Reference::Digest(digest) => {
+                    self.delete_manifest_digest_locked(&guard, repo, digest)?
+                }
+            }
         }
+        self.flush().await
     }
 
-    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<()> {
+    fn delete_tag_locked(&self, _guard: &RepoGuard, repo: &RepositoryName, tag: &Tag) -> Result<()> {
         let t = &self.trees;
         let key = key2(repo.as_str(), tag.as_str());
         (&t.tags, &t.changes).transaction(|(tags, changes)| {
@@ -414,26 +448,32 @@ impl Store {
             )?;
             Ok(())
         })?;
-        self.flush().await
+        Ok(())
     }
 
-    async fn delete_manifest_digest(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+    /// The manifest leaves `repo` with every tag that points at it. The tags are found by a scan
+    /// (transactions cannot scan); the repository lock keeps them from changing until the
+    /// transaction has committed.
+    fn delete_manifest_digest_locked(
+        &self,
+        _guard: &RepoGuard,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<()> {
         let digest_str = digest.to_string();
         let stored = self.get_manifest(repo, &Reference::Digest(digest.clone()))?;
         let subject = ParsedManifest::parse(Some(stored.media_type.as_str()), &stored.bytes)
             .ok()
             .and_then(|p| p.subject);
-        let tag_keys: Vec<(sled::IVec, String)> = self
-            .trees
-            .tags
-            .scan_prefix(key2(repo.as_str(), ""))
-            .filter_map(|r| r.ok())
-            .filter(|(_, v)| v.as_ref() == digest_str.as_bytes())
-            .map(|(k, _)| {
-                let tag = String::from_utf8_lossy(&k[repo.as_str().len() + 1..]).into_owned();
-                (k, tag)
-            })
-            .collect();
+        let prefix = key2(repo.as_str(), "");
+        let mut tag_keys: Vec<(sled::IVec, String)> = Vec::new();
+        for item in self.trees.tags.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if v.as_ref() == digest_str.as_bytes() {
+                let tag = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                tag_keys.push((k, tag));
+            }
+        }
         let t = &self.trees;
         (&t.manifest_links, &t.tags, &t.referrers, &t.changes).transaction(
             |(manifest_links, tags, referrers, changes)| {
@@ -444,17 +484,15 @@ impl Store {
                     return abort(manifest_unknown(&Reference::Digest(digest.clone())));
                 }
                 for (key, tag) in &tag_keys {
-                    if tags.get(key)?.as_deref() == Some(digest_str.as_bytes()) {
-                        tags.remove(key)?;
-                        metadata::record_change(
-                            changes,
-                            repo,
-                            ChangeAction::Untag,
-                            Some(tag.clone()),
-                            &digest_str,
-                            None,
-                        )?;
-                    }
+                    tags.remove(key)?;
+                    metadata::record_change(
+                        changes,
+                        repo,
+                        ChangeAction::Untag,
+                        Some(tag.clone()),
+                        &digest_str,
+                        None,
+                    )?;
                 }
                 if let Some(subject) = &subject {
                     referrers.remove(key3(repo.as_str(), &subject.to_string(), &digest_str))?;
@@ -470,7 +508,7 @@ impl Store {
                 Ok(())
             },
         )?;
-        self.flush().await
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -96,27 +97,45 @@ impl Store {
     }
 
     fn check_upload(&self, repo: &RepositoryName, id: &UploadId) -> Result<PathBuf> {
-        let unknown = || {
-            Error::new(
-                ErrorCode::BlobUploadUnknown,
-                format!("upload {id} is not in progress in repository {repo}"),
-            )
-        };
         let record = self
             .trees
             .uploads
             .get(id.to_string())?
-            .ok_or_else(unknown)?;
-        let record: UploadRecord = serde_json::from_slice(&record).map_err(|_| unknown())?;
+            .ok_or_else(|| upload_unknown(repo, id))?;
+        let record: UploadRecord =
+            serde_json::from_slice(&record).map_err(|_| upload_unknown(repo, id))?;
         if record.repository != repo.as_str() {
-            return Err(unknown());
+            return Err(upload_unknown(repo, id));
         }
         Ok(self.uploads.path(id))
     }
 
+    /// Take the session's lock, then check that the session still exists: a request that waited
+    /// behind one that finished, cancelled or expired the session finds it gone (404) instead of
+    /// touching a removed file.
+    async fn lock_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<(PathBuf, tokio::sync::OwnedMutexGuard<RunningHash>)> {
+        // Checked before the lock too, so requests for unknown sessions create no lock entry.
+        self.check_upload(repo, id)?;
+        let running = self.uploads.lock_for(id).lock_owned().await;
+        match self.check_upload(repo, id) {
+            Ok(path) => Ok((path, running)),
+            Err(e) => {
+                drop(running);
+                // The session ended while we waited; whoever ended it may have dropped its
+                // entry already, and ours must not outlive it.
+                self.uploads.forget(id);
+                Err(e)
+            }
+        }
+    }
+
     pub fn upload_status(&self, repo: &RepositoryName, id: &UploadId) -> Result<UploadStatus> {
         let path = self.check_upload(repo, id)?;
-        let offset = file_len(&path)?;
+        let offset = session_len(&path, repo, id)?;
         Ok(UploadStatus { id: *id, offset })
     }
 
@@ -132,15 +151,17 @@ impl Store {
     where
         S: Stream<Item = io::Result<Bytes>> + Unpin,
     {
-        let path = self.check_upload(repo, id)?;
-        let lock = self.uploads.lock_for(id);
-        let mut running = lock.lock().await;
-        let offset = self.append_locked(&path, &mut running, start, body).await?;
+        let (path, mut running) = self.lock_upload(repo, id).await?;
+        let offset = self
+            .append_locked(repo, id, &path, &mut running, start, body)
+            .await?;
         Ok(UploadStatus { id: *id, offset })
     }
 
     async fn append_locked<S>(
         &self,
+        repo: &RepositoryName,
+        id: &UploadId,
         path: &Path,
         running: &mut RunningHash,
         start: Option<u64>,
@@ -149,7 +170,7 @@ impl Store {
     where
         S: Stream<Item = io::Result<Bytes>> + Unpin,
     {
-        let offset = file_len(path)?;
+        let offset = session_len(path, repo, id)?;
         if let Some(start) = start {
             if start != offset {
                 return Err(Error::new(
@@ -162,10 +183,10 @@ impl Store {
             Some((hashed, h)) if hashed == offset => Some(h),
             _ => None,
         };
-        let file = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .context(|| format!("opening {path:?}"))?;
+        let file = match OpenOptions::new().append(true).open(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(upload_unknown(repo, id)),
+            opened => opened.context(|| format!("opening {path:?}"))?,
+        };
         let appended = append_stream(file, hasher, body, offset).await?;
         let new_offset = offset + appended.written;
         running.state = appended.hasher.map(|h| (new_offset, h));
@@ -188,10 +209,10 @@ impl Store {
     where
         S: Stream<Item = io::Result<Bytes>> + Unpin,
     {
-        let path = self.check_upload(repo, id)?;
-        let lock = self.uploads.lock_for(id);
-        let mut running = lock.lock().await;
-        let size = self.append_locked(&path, &mut running, start, body).await?;
+        let (path, mut running) = self.lock_upload(repo, id).await?;
+        let size = self
+            .append_locked(repo, id, &path, &mut running, start, body)
+            .await?;
         let actual = match running.state.take() {
             Some((hashed, h)) if hashed == size && digest.algorithm() == Algorithm::Sha256 => {
                 h.finish()
@@ -208,6 +229,8 @@ impl Store {
         };
         if let Err(e) = verify_digest(digest, &actual) {
             self.remove_upload(id, &path).await?;
+            drop(running);
+            self.uploads.forget(id);
             return Err(e);
         }
         let files = self.files.clone();
@@ -217,12 +240,15 @@ impl Store {
             .map_err(|e| Error::new(ErrorCode::Unknown, format!("commit task failed: {e}")))??;
         let t = &self.trees;
         let link = key2(repo.as_str(), &digest.to_string());
-        (&t.uploads, &t.blob_links, &t.repos).transaction(|(uploads, links, repos)| {
-            uploads.remove(id.to_string().as_bytes())?;
-            links.insert(link.as_slice(), &size.to_be_bytes())?;
-            repos.insert(repo.as_str().as_bytes(), &[])?;
-            Ok::<_, sled::transaction::ConflictableTransactionError<Error>>(())
-        })?;
+        {
+            let _repo_lock = self.locks.lock(repo);
+            (&t.uploads, &t.blob_links, &t.repos).transaction(|(uploads, links, repos)| {
+                uploads.remove(id.to_string().as_bytes())?;
+                links.insert(link.as_slice(), &size.to_be_bytes())?;
+                repos.insert(repo.as_str().as_bytes(), &[])?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<Error>>(())
+            })?;
+        }
         self.flush().await?;
         drop(running);
         self.uploads.forget(id);
@@ -230,10 +256,9 @@ impl Store {
     }
 
     pub async fn cancel_upload(&self, repo: &RepositoryName, id: &UploadId) -> Result<()> {
-        let path = self.check_upload(repo, id)?;
-        let lock = self.uploads.lock_for(id);
-        let _running = lock.lock().await;
+        let (path, running) = self.lock_upload(repo, id).await?;
         self.remove_upload(id, &path).await?;
+        drop(running);
         self.uploads.forget(id);
         Ok(())
     }
@@ -272,10 +297,67 @@ impl Store {
         }
         Ok((stale_files, stale_records))
     }
+
+    /// Remove the sessions nothing has written to for `max_age` (their file's modification time;
+    /// the start time for a session whose file is gone). A session busy with a request is left
+    /// alone. Returns how many were removed.
+    pub async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let idle_too_long = |path: &Path, started: SystemTime| {
+            let last_write = fs::metadata(path)
+                .and_then(|m| m.modified())
+                .unwrap_or(started);
+            now.duration_since(last_write).unwrap_or_default() > max_age
+        };
+        let mut expired = 0;
+        for item in self.trees.uploads.iter() {
+            let (key, value) = item?;
+            let Ok(id) = std::str::from_utf8(&key).unwrap_or("").parse::<UploadId>() else {
+                continue;
+            };
+            let started = serde_json::from_slice::<UploadRecord>(&value)
+                .map(|r| SystemTime::from(r.started))
+                .unwrap_or(UNIX_EPOCH);
+            let path = self.uploads.path(&id);
+            if !idle_too_long(&path, started) {
+                continue;
+            }
+            let lock = self.uploads.lock_for(&id);
+            let Ok(running) = lock.try_lock() else {
+                continue; // a request is using it right now
+            };
+            // Look again under the lock: a request may have written just before we took it.
+            if self.trees.uploads.contains_key(&key)? && idle_too_long(&path, started) {
+                self.trees.uploads.remove(&key)?;
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove an expired upload")
+                    }
+                    _ => expired += 1,
+                }
+                drop(running);
+                self.uploads.forget(&id);
+            }
+        }
+        if expired > 0 {
+            self.flush().await?;
+        }
+        Ok(expired)
+    }
 }
 
-fn file_len(path: &Path) -> Result<u64> {
-    fs::metadata(path)
-        .map(|m| m.len())
-        .context(|| format!("reading size of {path:?}"))
+/// Length of a session's file; a file removed under us means the session is gone.
+fn session_len(path: &Path, repo: &RepositoryName, id: &UploadId) -> Result<u64> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(upload_unknown(repo, id)),
+        Err(e) => Err(e).context(|| format!("reading size of {path:?}")),
+    }
+}
+
+fn upload_unknown(repo: &RepositoryName, id: &UploadId) -> Error {
+    Error::new(
+        ErrorCode::BlobUploadUnknown,
+        format!("upload {id} is not in progress in repository {repo}"),
+    )
 }
