@@ -156,6 +156,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.tls = Some(config::TlsConfig { certificate, key });
     }
     config.validate()?;
+    let limits = config.limits()?;
     init_logging(&config, args.log_format)?;
 
     let addr = config.listen_addr()?;
@@ -184,8 +185,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "registry listening"
         );
         let status = StatusHandle::new(initial_status(&config, addr));
-        let api = Arc::new(Api::new(store.clone(), status).read_only(config.parent.is_some()));
+        let api = Arc::new(
+            Api::new(store.clone(), status)
+                .read_only(config.parent.is_some())
+                .limits(limits),
+        );
         connected_registry::store::changes::spawn_pruner(store.clone());
+        connected_registry::store::sweep::spawn_sweeper(
+            store.clone(),
+            limits.upload_session_max_age,
+        );
         let (stop_sync, sync_stopped) = tokio::sync::watch::channel(false);
         let sync = match &config.parent {
             Some(parent) => Some(connected_registry::sync::setup::spawn(
@@ -201,7 +210,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             server::shutdown_signal().await;
             stopping.stop_long_polls();
         };
-        server::serve(listener, tls, api, shutdown).await?;
+        server::serve(listener, tls, api, limits, shutdown).await?;
         let _ = stop_sync.send(true);
         if let Some(sync) = sync {
             let _ = sync.await;

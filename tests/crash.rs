@@ -4,7 +4,8 @@
 //! SIGTERM that lets an in-flight upload finish before the process exits 0.
 
 mod common;
-mod support;
+
+use common::support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;

@@ -50,11 +50,15 @@ fn resolved_state(base: &str, images: &[Image]) -> BTreeMap<String, BTreeMap<Str
         let listed = common::peers::tags(base, repo).unwrap_or_default();
         for tag in listed {
             let by_tag = get(base, &format!("/v2/{repo}/manifests/{tag}"));
-            assert_eq!(by_tag.status, 200, "{repo}:{tag} is listed but does not resolve");
+            assert_eq!(
+                by_tag.status, 200,
+                "{repo}:{tag} is listed but does not resolve"
+            );
             let digest = sha256(&by_tag.body);
             let by_digest = get(base, &format!("/v2/{repo}/manifests/{digest}"));
             assert_eq!(
-                by_digest.status, 200,
+                by_digest.status,
+                200,
                 "{repo}:{tag} resolves to {digest}, which the repository does not serve: {}",
                 by_digest.text()
             );
@@ -65,7 +69,11 @@ fn resolved_state(base: &str, images: &[Image]) -> BTreeMap<String, BTreeMap<Str
                 .expect("a manifest that was pushed");
             for blob in &image.blobs {
                 let r = head(base, &format!("/v2/{repo}/blobs/{}", blob.digest));
-                assert_eq!(r.status, 200, "blob {} of {repo}:{tag} is missing", blob.digest);
+                assert_eq!(
+                    r.status, 200,
+                    "blob {} of {repo}:{tag} is missing",
+                    blob.digest
+                );
             }
             tags.insert(tag, digest);
         }
@@ -118,7 +126,10 @@ fn replay_feed(base: &str) -> Replayed {
                     assert_eq!(tags.remove(&tag).as_ref(), Some(&digest), "event {seq}");
                 }
                 ("delete", _) => {
-                    assert!(manifests.remove(&digest), "event {seq} deletes an absent manifest");
+                    assert!(
+                        manifests.remove(&digest),
+                        "event {seq} deletes an absent manifest"
+                    );
                     assert!(
                         !tags.values().any(|d| *d == digest),
                         "event {seq} deletes {digest} of {repo} while a tag still points at it"
@@ -142,8 +153,7 @@ fn assert_consistent(base: &str, images: &[Image]) -> BTreeMap<String, BTreeMap<
             "the change feed of {repo} replays to different tags than the registry serves"
         );
         for image in images {
-            let served =
-                get(base, &format!("/v2/{repo}/manifests/{}", image.digest)).status == 200;
+            let served = get(base, &format!("/v2/{repo}/manifests/{}", image.digest)).status == 200;
             assert_eq!(
                 served,
                 manifests.contains(&image.digest),
@@ -186,7 +196,7 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
         .map(|client| {
             let (base, images) = (base.clone(), images.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9 ^ (client + 1) * 0x1234_5678_9ABC);
+                let mut rng = Rng(0x9E37_79B9 ^ ((client + 1) * 0x1234_5678_9ABC));
                 let mut ops = 0;
                 while Instant::now() < deadline {
                     let repo = REPOS[rng.below(REPOS.len())];
@@ -195,8 +205,10 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
                     let status = match rng.below(4) {
                         0 => put_manifest(&base, repo, tag, image),
                         1 => put_manifest(&base, repo, &image.digest, image),
-                        2 => common::peers::delete(&base, &format!("/v2/{repo}/manifests/{tag}"))
-                            .status,
+                        2 => {
+                            common::peers::delete(&base, &format!("/v2/{repo}/manifests/{tag}"))
+                                .status
+                        }
                         _ => {
                             common::peers::delete(
                                 &base,
@@ -298,9 +310,7 @@ fn one_repository_never_changes_the_media_type_another_serves() {
     // they carry no mediaType: the Content-Type of the push decides.
     let config = random_bytes(11, 64);
     let layer = random_bytes(12, 256);
-    let descriptor = |media_type: &str, bytes: &[u8]| {
-        json!({"mediaType": media_type, "digest": sha256(bytes), "size": bytes.len()})
-    };
+    let descriptor = |media_type: &str, bytes: &[u8]| json!({"mediaType": media_type, "digest": sha256(bytes), "size": bytes.len()});
     let manifest: Value = json!({
         "schemaVersion": 2,
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
@@ -357,13 +367,18 @@ fn abandoned_upload_sessions_and_partial_downloads_expire_across_restarts() {
         r#"{"limits": {"uploadSessionMaxAge": "PT5S"}}"#,
     )
     .unwrap();
-    let mut registry =
-        Registry::start_with(&["--config", config.path().to_str().unwrap()]);
+    let mut registry = Registry::start_with(&["--config", config.path().to_str().unwrap()]);
     let base = registry.url("");
     let repo = "expire/me";
     let mut abandoned = Vec::new();
     for _ in 0..200 {
-        let r = request(Method::POST, &base, &format!("/v2/{repo}/blobs/uploads/"), &[], None);
+        let r = request(
+            Method::POST,
+            &base,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            None,
+        );
         assert_eq!(r.status, 202);
         abandoned.push(r.header("location").unwrap().to_owned());
     }
@@ -380,7 +395,13 @@ fn abandoned_upload_sessions_and_partial_downloads_expire_across_restarts() {
         .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
     // One session stays in use: a chunk every second keeps it alive.
-    let r = request(Method::POST, &base, &format!("/v2/{repo}/blobs/uploads/"), &[], None);
+    let r = request(
+        Method::POST,
+        &base,
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        None,
+    );
     let active = r.header("location").unwrap().to_owned();
     let mut sent = Vec::new();
     let uploads_dir = registry.data_path("uploads");
@@ -389,12 +410,21 @@ fn abandoned_upload_sessions_and_partial_downloads_expire_across_restarts() {
     let expired = wait_until(Duration::from_secs(30), || {
         let chunk = random_bytes(sent.len() as u64, 100);
         let r = request(Method::PATCH, &base, &active, &[], Some(chunk.clone()));
-        assert_eq!(r.status, 202, "the active session must not expire: {}", r.text());
+        assert_eq!(
+            r.status,
+            202,
+            "the active session must not expire: {}",
+            r.text()
+        );
         sent.extend_from_slice(&chunk);
         std::thread::sleep(Duration::from_millis(700));
         count_files() == 1
     });
-    assert!(expired, "abandoned sessions still on disk: {}", count_files());
+    assert!(
+        expired,
+        "abandoned sessions still on disk: {}",
+        count_files()
+    );
     for location in abandoned.iter().take(5) {
         let r = get(&base, location);
         assert_eq!(r.status, 404);

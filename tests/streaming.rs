@@ -4,7 +4,8 @@
 //! compared piece by piece. Throughput is printed, not asserted.
 
 mod common;
-mod support;
+
+use common::support;
 
 use std::io::Read;
 use std::time::Instant;

@@ -21,8 +21,13 @@ pub const PREFIX: &str = "/acr/connected-registry/v1/";
 /// The longest a change-feed request waits for an event.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Events per change-feed page.
+/// Events per change-feed page (a page also stops at the store's byte bound,
+/// `CHANGES_PAGE_BYTES`, 1 MiB).
 pub const PAGE_LIMIT: usize = 1000;
+
+/// The message TTLs (seconds) a child may give: 1 s up to the 90 days of the longest
+/// `messageTtl` a configuration accepts.
+pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=90 * 24 * 60 * 60;
 
 /// How long a measured storage usage is reused before the blob directory is walked again.
 const USAGE_MAX_AGE: Duration = Duration::from_secs(60);
@@ -81,10 +86,14 @@ struct ChangesPage {
     next: u64,
 }
 
-/// `GET …/changes?since=SEQ&wait=SECONDS`.
+/// `GET …/changes?since=SEQ&wait=SECONDS&ttl=SECONDS`. Every number is checked against its
+/// range before it is used: `since` is any cursor, `wait` is capped at [`MAX_WAIT`], `ttl` must
+/// lie in [`TTL_RANGE`].
 async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
-    let since = number(q, "since")?.unwrap_or(0);
-    let wait = Duration::from_secs(number(q, "wait")?.unwrap_or(0)).min(MAX_WAIT);
+    let since = number(q, "since", 0..=u64::MAX)?.unwrap_or(0);
+    let wait = number(q, "wait", 0..=u64::MAX)?.unwrap_or(0);
+    let wait = Duration::from_secs(wait.min(MAX_WAIT.as_secs()));
+    let ttl = number(q, "ttl", TTL_RANGE)?;
     let mut stopping = api.stopping.subscribe();
     let events = tokio::select! {
         page = api.store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
@@ -93,14 +102,17 @@ async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
     };
     // A child that has missed events older than its message TTL must reconcile in full, as
     // if the parent had kept events only that long for it.
-    if let (Some(ttl), Some(first)) = (number(q, "ttl")?, events.first()) {
-        let ttl = chrono::Duration::seconds(ttl.min(i64::MAX as u64) as i64);
-        if first.time < chrono::Utc::now() - ttl {
+    if let (Some(ttl), Some(first)) = (ttl, events.first()) {
+        // In range, so neither conversion nor subtraction can overflow.
+        let ttl_delta = chrono::Duration::seconds(ttl as i64);
+        if chrono::Utc::now()
+            .checked_sub_signed(ttl_delta)
+            .is_some_and(|oldest| first.time < oldest)
+        {
             return Err(Error::new(
                 ErrorCode::MessagesExpired,
                 format!(
-                    "change events after {since} are older than the child's message TTL ({}s); reconcile in full",
-                    ttl.num_seconds()
+                    "change events after {since} are older than the child's message TTL ({ttl}s); reconcile in full"
                 ),
             )
             .with_detail(serde_json::json!({
@@ -127,15 +139,24 @@ async fn status(api: &Api) -> Result<Reply> {
     Ok(Reply::new(StatusCode::OK).json(&api.status.snapshot()))
 }
 
-fn number(q: &[(String, String)], key: &str) -> Result<Option<u64>> {
+/// The integer query parameter `key`, if given, refused with a 400 naming it and its range
+/// unless it is an integer within `range`.
+fn number(
+    q: &[(String, String)],
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>> {
     query_value(q, key)
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                Error::new(
-                    ErrorCode::BadRequest,
-                    format!("{key}={v:?} must be a non-negative integer"),
-                )
-            })
+        .map(|v| match v.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(Error::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{key}={v:?} must be an integer from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
         })
         .transpose()
 }

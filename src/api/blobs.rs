@@ -89,7 +89,13 @@ fn parse_range(value: &str, size: u64) -> RangeRequest {
         return RangeRequest::Ignore;
     };
     let (first, last) = (first.trim(), last.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
+    // A position is digits; one past u64 is past any blob, so it saturates (a first position
+    // that large is unsatisfiable, a last one is the blob's end, a suffix that long is the
+    // whole blob) instead of overflowing or being taken for bad syntax.
+    let parse = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().unwrap_or(u64::MAX))
+    };
     match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes
         (true, false) => match parse(last) {
@@ -149,5 +155,32 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Ignore);
         assert_eq!(parse_range("bytes=5-1", 100), Ignore);
         assert_eq!(parse_range("bytes=x-1", 100), Ignore);
+        assert_eq!(parse_range("bytes=+1-2", 100), Ignore);
+        // Positions past u64 are past any blob.
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            parse_range(&format!("bytes=0-{huge}"), 100),
+            Range { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=-{huge}"), 100),
+            Range { start: 0, end: 99 }
+        );
+        assert_eq!(parse_range(&format!("bytes={huge}-"), 100), Unsatisfiable);
+        assert_eq!(
+            parse_range(&format!("bytes={huge}-{huge}"), 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=18446744073709551615-18446744073709551615", 100),
+            Unsatisfiable
+        );
+        assert_eq!(
+            parse_range("bytes=0-18446744073709551615", u64::MAX),
+            Range {
+                start: 0,
+                end: u64::MAX - 1
+            }
+        );
     }
 }

@@ -1,13 +1,13 @@
 //! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
-use bytes::BytesMut;
-use http_body_util::BodyExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, ETAG, LOCATION};
-use hyper::{Request, StatusCode};
+use hyper::header::{CONNECTION, CONTENT_TYPE, ETAG, LOCATION};
+use hyper::{Request, StatusCode, Version};
 
-use super::content_length;
 use super::response::{Reply, DOCKER_CONTENT_DIGEST, OCI_SUBJECT};
+use super::{body_stream, content_length, BodyTimeout};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Error, ErrorCode, Reference, RepositoryName, Result};
 use crate::store::Store;
@@ -40,39 +40,47 @@ pub async fn put(
     repo: &RepositoryName,
     reference: &str,
     req: Request<Incoming>,
+    body_timeout: BodyTimeout,
 ) -> Result<Reply> {
     let reference: Reference = reference.parse()?;
-    let too_large = || {
-        Error::new(
-            ErrorCode::TooLarge,
-            format!(
-                "manifest is larger than the {} MiB limit",
-                MAX_MANIFEST_BYTES >> 20
-            ),
-        )
-    };
     let declared = content_length(&req)?;
     let content_type = super::header(&req, CONTENT_TYPE)?.map(str::to_owned);
-    let mut body = req.into_body();
-    if declared.is_some_and(|len| len > MAX_MANIFEST_BYTES as u64) {
+    let http1 = req.version() < Version::HTTP_2;
+    let expects_continue = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let oversized = declared.is_some_and(|len| len > MAX_MANIFEST_BYTES as u64);
+    if oversized && (expects_continue || !http1) {
+        // Refused before reading a byte: the body is never polled, so hyper never sends
+        // `100 Continue` and a client that asked for it never sends the body (HTTP/2 resets
+        // just the stream).
+        return Ok(too_large(http1));
+    }
+    let mut body = body_stream(req, body_timeout);
+    if oversized {
+        // An HTTP/1.1 client that did not ask first is already writing the body; closing on it
+        // would make it fail with a broken pipe before it reads the answer. Read a bounded rest
+        // (the body idle timeout applies) so it reads the 413.
         drain(&mut body).await;
-        return Err(too_large());
+        return Ok(too_large(http1));
     }
     let mut bytes = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
             Error::new(
                 ErrorCode::ManifestInvalid,
                 format!("could not read the manifest body: {e}"),
             )
         })?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > MAX_MANIFEST_BYTES {
-                drain(&mut body).await;
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&data);
+        if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            // A body of unannounced length crossed the limit while the client is sending it:
+            // read a bounded rest (the body idle timeout still applies), so the client reads
+            // the 413 rather than a reset.
+            drain(&mut body).await;
+            return Ok(too_large(http1));
         }
+        bytes.extend_from_slice(&chunk);
     }
     let bytes = bytes.freeze();
     let put = store
@@ -87,14 +95,33 @@ pub async fn put(
     Ok(reply)
 }
 
-/// Read and discard what is left of a refused body (up to a bound), so the client gets to read
-/// the error instead of a broken pipe.
-async fn drain(body: &mut Incoming) {
+/// 413 for a manifest over the limit. What is left of the body is not read: on HTTP/1 the
+/// connection is closed after the answer (HTTP/2 resets just the stream), so a client cannot make
+/// the server read megabytes only to refuse them.
+fn too_large(http1: bool) -> Reply {
+    let err = Error::new(
+        ErrorCode::TooLarge,
+        format!(
+            "manifest is larger than the {} MiB limit",
+            MAX_MANIFEST_BYTES >> 20
+        ),
+    );
+    let reply = Reply::new(StatusCode::PAYLOAD_TOO_LARGE);
+    let reply = if http1 {
+        reply.header(CONNECTION, "close")
+    } else {
+        reply
+    };
+    reply.bytes("application/json", err.to_json())
+}
+
+/// Read and discard up to a bound of what is left of a refused body.
+async fn drain(body: &mut (impl Stream<Item = std::io::Result<Bytes>> + Unpin)) {
     const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
     let mut drained = 0;
     while drained < DRAIN_LIMIT {
-        match body.frame().await {
-            Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+        match body.next().await {
+            Some(Ok(chunk)) => drained += chunk.len(),
             _ => break,
         }
     }

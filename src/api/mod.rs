@@ -15,15 +15,16 @@ mod uploads;
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use http_body_util::BodyStream;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::config::Limits;
 use crate::oci::{Error, ErrorCode, RepositoryName, Result};
 use crate::status::StatusHandle;
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub struct Api {
     storage: acr::StorageUsage,
     /// A mirror of its parent: clients may pull but not push or delete.
     read_only: bool,
+    /// A request body that sends nothing for this long is cut.
+    body_idle_timeout: Duration,
 }
 
 impl Api {
@@ -52,6 +55,20 @@ impl Api {
             status,
             stopping: tokio::sync::watch::Sender::new(false),
             read_only: false,
+            body_idle_timeout: Limits::default().body_idle_timeout,
+        }
+    }
+
+    /// Apply the server's limits (the request body idle timeout).
+    pub fn limits(mut self, limits: Limits) -> Api {
+        self.body_idle_timeout = limits.body_idle_timeout;
+        self
+    }
+
+    fn body_timeout(&self) -> BodyTimeout {
+        BodyTimeout {
+            idle: self.body_idle_timeout,
+            stopping: self.stopping.subscribe(),
         }
     }
 
@@ -119,7 +136,7 @@ impl Api {
                 manifests::get(store, &repo(name)?, reference, m == Method::HEAD)
             }
             (Route::Manifest { name, reference }, &Method::PUT) => {
-                manifests::put(store, &repo(name)?, reference, req).await
+                manifests::put(store, &repo(name)?, reference, req, self.body_timeout()).await
             }
             (Route::Manifest { name, reference }, &Method::DELETE) => {
                 manifests::delete(store, &repo(name)?, reference).await
@@ -131,14 +148,14 @@ impl Api {
                 blobs::delete(store, &repo(name)?, digest).await
             }
             (Route::UploadStart { name }, &Method::POST) => {
-                uploads::start(store, &repo(name)?, req).await
+                uploads::start(store, &repo(name)?, req, self.body_timeout()).await
             }
             (Route::Upload { name, id }, &Method::GET) => uploads::status(store, &repo(name)?, id),
             (Route::Upload { name, id }, &Method::PATCH) => {
-                uploads::patch(store, &repo(name)?, id, req).await
+                uploads::patch(store, &repo(name)?, id, req, self.body_timeout()).await
             }
             (Route::Upload { name, id }, &Method::PUT) => {
-                uploads::finish(store, &repo(name)?, id, req).await
+                uploads::finish(store, &repo(name)?, id, req, self.body_timeout()).await
             }
             (Route::Upload { name, id }, &Method::DELETE) => {
                 uploads::cancel(store, &repo(name)?, id).await
@@ -215,16 +232,79 @@ pub(crate) fn content_length<B>(req: &Request<B>) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// The request body as a stream of data chunks for the store.
+/// While the server stops, a body that has sent nothing for this long is cut even if its idle
+/// timeout is longer, so a stalled client does not hold the stop for its whole drain.
+const STOPPING_BODY_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a request body may send nothing before it is cut.
+pub(crate) struct BodyTimeout {
+    idle: Duration,
+    /// Set when the server starts stopping.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl BodyTimeout {
+    /// Resolves when a body waited on from now has sent nothing for too long: its idle timeout,
+    /// or [`STOPPING_BODY_GRACE`] once the server is stopping. Returns the error to end it with.
+    async fn expired(&mut self) -> io::Error {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.idle;
+        let stopping = *self.stopping.borrow();
+        if !stopping {
+            let stop = self.stopping.wait_for(|s| *s).map(|r| r.is_ok());
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                true = stop => {}
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now < deadline {
+            tokio::time::sleep_until(deadline.min(started + STOPPING_BODY_GRACE)).await;
+        }
+        let waited = started.elapsed().as_secs();
+        let why = if tokio::time::Instant::now() < deadline {
+            " while the server was stopping"
+        } else {
+            ""
+        };
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the request body sent nothing for {waited} s{why}"),
+        )
+    }
+}
+
+/// The request body as a stream of data chunks for the store. A body that sends nothing for
+/// its idle timeout ends with a [`io::ErrorKind::TimedOut`] error (what arrived before stays
+/// with the caller), so a stalled client cannot hold its request, its upload session or a stop.
 pub(crate) fn body_stream(
     req: Request<Incoming>,
+    timeout: BodyTimeout,
 ) -> impl Stream<Item = io::Result<Bytes>> + Unpin + Send {
-    Box::pin(
-        BodyStream::new(req.into_body()).filter_map(|frame| async move {
-            match frame {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(io::Error::other(e))),
+    let body = BodyStream::new(req.into_body());
+    Box::pin(futures_util::stream::unfold(
+        Some((body, timeout)),
+        |state| async move {
+            let (mut body, mut timeout) = state?;
+            loop {
+                // Biased: while data flows the timer is never even polled (nor registered).
+                let frame = tokio::select! {
+                    biased;
+                    frame = body.next() => frame?,
+                    e = timeout.expired() => {
+                        tracing::debug!(error = %e, "request body cut");
+                        return Some((Err(e), None));
+                    }
+                };
+                match frame {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some((Ok(data), Some((body, timeout))));
+                        }
+                    }
+                    Err(e) => return Some((Err(io::Error::other(e)), None)),
+                }
             }
-        }),
-    )
+        },
+    ))
 }

@@ -85,6 +85,17 @@ impl Reply {
             .header(CONTENT_LENGTH, len.to_string())
     }
 
+    /// A streamed body whose length is not known in advance (sent chunked on HTTP/1.1), for
+    /// answers produced piece by piece so they are never held whole.
+    pub fn stream_unsized<S>(mut self, content_type: &str, stream: S) -> Reply
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + 'static,
+    {
+        *self.inner.body_mut() = stream_body(stream);
+        self.inner.headers_mut().remove(CONTENT_LENGTH);
+        self.header(CONTENT_TYPE, content_type)
+    }
+
     pub fn build(self) -> Response<Body> {
         self.inner
     }

@@ -15,6 +15,13 @@ use super::error::{Error, ErrorCode, Result};
 /// Largest manifest accepted, as in distribution and the spec's recommendation.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// Deepest nesting of JSON objects and arrays accepted in a manifest (the document's own object
+/// is level 1). A real manifest needs about 5 levels. Clients must be able to read back what was
+/// pushed, and their JSON parsers stop at different depths: Go's encoding/json at 10,000,
+/// Python's at about 1,000, serde_json (Rust: oras-rs, this registry's own sync) at 128; so 64,
+/// well inside all of them.
+pub const MAX_MANIFEST_DEPTH: usize = 64;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -87,6 +94,7 @@ pub struct ParsedManifest {
 impl ParsedManifest {
     /// Parse `bytes` given the `Content-Type` the client sent (if any).
     pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ParsedManifest> {
+        check_depth(bytes)?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Probe {
@@ -193,6 +201,43 @@ impl ParsedManifest {
     }
 }
 
+/// Refuse JSON nested deeper than [`MAX_MANIFEST_DEPTH`], with one pass over the bytes before any
+/// parser sees them. serde_json alone would not: its recursion limit (128) covers the values it
+/// builds, but the fields a manifest type ignores are skipped without a depth limit, so a
+/// manifest nested a million levels deep in an unknown field would be stored, and served to
+/// clients that cannot parse it.
+fn check_depth(bytes: &[u8]) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_MANIFEST_DEPTH {
+                    return Err(invalid(format!(
+                        "manifest JSON is nested deeper than {MAX_MANIFEST_DEPTH} levels, more than \
+                         clients can be relied on to read back"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
     d.digest()
         .as_ref()
@@ -230,6 +275,35 @@ mod tests {
         assert_eq!(p.blobs.len(), 2);
         let e = ParsedManifest::parse(Some(OCI_INDEX), m.as_bytes()).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ManifestInvalid);
+    }
+
+    #[test]
+    fn depth_is_limited_before_parsing() {
+        let nested = |depth: usize, open: &str, close: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":2,"digest":"{CONFIG}"}},"layers":[],"x":{}1{}}}"#,
+                open.repeat(depth),
+                close.repeat(depth)
+            )
+        };
+        // The document is level 1: 63 more levels are the limit.
+        for (open, close) in [("[", "]"), (r#"{"a":"#, "}")] {
+            let ok = nested(MAX_MANIFEST_DEPTH - 1, open, close);
+            ParsedManifest::parse(None, ok.as_bytes()).unwrap();
+            for depth in [MAX_MANIFEST_DEPTH, 200, 100_000] {
+                let deep = nested(depth, open, close);
+                let e = ParsedManifest::parse(None, deep.as_bytes()).unwrap_err();
+                assert_eq!(e.code(), ErrorCode::ManifestInvalid);
+                assert!(e.to_string().contains("64 levels"), "{e}");
+            }
+        }
+        // Brackets inside strings (escaped quotes included) are text, not nesting.
+        let text = format!(r#""\"{}\\""#, "[{".repeat(1000));
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":2,"digest":"{CONFIG}"}},"layers":[],"annotations":{{"a":{text}}}}}"#
+        );
+        let p = ParsedManifest::parse(None, m.as_bytes()).unwrap();
+        assert!(p.annotations.unwrap()["a"].starts_with("\"[{[{"));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::metadata::{decode_digest, key2};
 use super::locks::RepoGuard;
+use super::metadata::{decode_digest, key2};
 use super::{Store, StoredManifest};
 use crate::oci::error::IoContext;
 use crate::oci::{Digest, ErrorCode, Reference, RepositoryName, Result, Tag};

@@ -4,7 +4,10 @@
 //! manifest, tags, referrers, upload sessions, the change log) lives in sled trees and changes
 //! only inside transactions, each flushed before the caller is told it succeeded. Content is
 //! always written before the metadata that makes it visible, so a crash at any point leaves either
-//! the old state or the new one, plus at most unreferenced bytes that GC reclaims.
+//! the old state or the new one, plus at most unreferenced bytes that GC reclaims. A change that
+//! must read before it writes (the tags of a digest, the manifests of a repository, whether a
+//! tag still points where it did, whether an upload session still exists) holds the
+//! repository's lock ([`locks`]) or the session's lock across the read and its transaction.
 
 pub mod blobs;
 pub mod changes;
@@ -114,7 +117,12 @@ impl Store {
         // so the published seq is durable. Concurrent flushes may finish out of order, so the
         // published seq only ever moves forward.
         let newest = metadata::newest_change(&self.trees.changes)?;
-        self.db.flush_async().await?;
+        // Not `flush_async`: several of those at once can hang for good in sled 0.34
+        // (spacejam/sled#1308). A blocking flush on the blocking pool has no such bug.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| Error::new(ErrorCode::Unknown, format!("flush task failed: {e}")))??;
         self.last_change.send_if_modified(|seq| {
             let moved = newest > *seq;
             if moved {
@@ -430,7 +438,12 @@ impl Store {
         self.flush().await
     }
 
-    fn delete_tag_locked(&self, _guard: &RepoGuard, repo: &RepositoryName, tag: &Tag) -> Result<()> {
+    fn delete_tag_locked(
+        &self,
+        _guard: &RepoGuard,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<()> {
         let t = &self.trees;
         let key = key2(repo.as_str(), tag.as_str());
         (&t.tags, &t.changes).transaction(|(tags, changes)| {

@@ -3,7 +3,7 @@
 //! backoff) or the node stops.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -16,7 +16,21 @@ use super::schedule::{Schedule, WindowState};
 pub const LONG_POLL_SECONDS: u64 = 30;
 /// Against a plain OCI parent (no change feed): time between reconcile passes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest pause after a failed session (the parent gone, authentication refused, …); the pause
+/// starts at one second and doubles.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Shortest time between two requests to the change feed, whatever it answers.
+pub const FEED_MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// Longest pause between feed requests while the feed answers at once with nothing new (a
+/// parent that does not long-poll): the pause doubles from [`FEED_MIN_INTERVAL`] up to this.
+pub const FEED_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Shortest time between the starts of two full passes, whatever the parent answers.
+pub const MIN_PASS_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest pause between full passes the feed keeps forcing (410 `MESSAGES_EXPIRED` again and
+/// again): the pause doubles from [`MIN_PASS_INTERVAL`] up to this.
+pub const MAX_PASS_BACKOFF: Duration = Duration::from_secs(300);
+/// How often a node that fell back to polling asks again whether the parent has a change feed.
+pub const FEED_REPROBE_INTERVAL: Duration = Duration::from_secs(600);
 const CURSOR_KEY: &str = "feed_cursor";
 
 /// Run until `shutdown` turns true.
@@ -24,6 +38,8 @@ pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watc
     let mut loop_state = LoopState {
         first_pass_done: false,
         backoff: Duration::from_secs(1),
+        passes: Pacer::new(MIN_PASS_INTERVAL, MAX_PASS_BACKOFF),
+        feed: Pacer::new(FEED_MIN_INTERVAL, FEED_MAX_BACKOFF),
     };
     while !*shutdown.borrow() {
         match schedule.state_at(Utc::now()) {
@@ -70,6 +86,62 @@ pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watc
 struct LoopState {
     first_pass_done: bool,
     backoff: Duration,
+    /// Paces full passes (the first one, and those a 410 from the feed forces).
+    passes: Pacer,
+    /// Paces requests to the change feed.
+    feed: Pacer,
+}
+
+/// Paces one kind of request to the parent: never more often than a floor, and backing off
+/// (doubling up to a cap) while the parent's answers bring nothing.
+struct Pacer {
+    floor: Duration,
+    cap: Duration,
+    current: Duration,
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(floor: Duration, cap: Duration) -> Pacer {
+        Pacer {
+            floor,
+            cap,
+            current: floor,
+            last: None,
+        }
+    }
+
+    /// Wait until the current interval has passed since the previous start, then start.
+    async fn wait(&mut self) {
+        if let Some(last) = self.last {
+            let due = last + self.current;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        self.last = Some(Instant::now());
+    }
+
+    fn productive(&mut self) {
+        self.current = self.floor;
+    }
+
+    fn unproductive(&mut self) {
+        self.current = (self.current * 2).min(self.cap);
+    }
+}
+
+/// Why [`follow`] stopped: the error, and whether a full pass already recorded it.
+struct Stop {
+    error: SyncError,
+    recorded: bool,
+}
+
+impl From<SyncError> for Stop {
+    fn from(error: SyncError) -> Stop {
+        Stop {
+            error,
+            recorded: false,
+        }
+    }
 }
 
 /// Sync inside one open window; returns only when the window has closed (or on shutdown, by
@@ -81,8 +153,10 @@ async fn session(
 ) {
     loop {
         let result = follow(engine, state, closes_at).await;
-        if let Err(e) = result {
-            engine.record_failure(&e);
+        if let Err(stop) = result {
+            if !stop.recorded {
+                engine.record_failure(&stop.error);
+            }
             let jitter = Duration::from_millis(rand::random::<u64>() % 500);
             tokio::time::sleep(state.backoff + jitter).await;
             state.backoff = (state.backoff * 2).min(MAX_BACKOFF);
@@ -90,37 +164,66 @@ async fn session(
     }
 }
 
-/// Reconcile, then keep up with the parent until an error.
+/// One full pass, paced by [`MIN_PASS_INTERVAL`] (and its backoff).
+async fn pass(engine: &SyncEngine, state: &mut LoopState, trigger: Trigger) -> Result<(), Stop> {
+    state.passes.wait().await;
+    engine.full_pass(trigger).await.map_err(|error| Stop {
+        error,
+        recorded: true,
+    })?;
+    Ok(())
+}
+
+/// Reconcile, then keep up with the parent until an error (or, when polling, until it is time
+/// to ask again whether the parent has a feed).
 async fn follow(
     engine: &SyncEngine,
     state: &mut LoopState,
     closes_at: Option<chrono::DateTime<Utc>>,
-) -> Result<(), SyncError> {
+) -> Result<(), Stop> {
     let mut cursor = load_cursor(engine)?;
+    state.feed.wait().await;
     let probe = engine.client().changes(cursor, 0).await;
     let has_feed = match &probe {
-        Ok(_) => true,
-        Err(SyncError::MessagesExpired { .. }) => true,
-        Err(SyncError::Protocol(_)) => false,
-        Err(e) => return Err(clone_error(e)),
+        Ok(_) | Err(SyncError::MessagesExpired { .. }) => true,
+        Err(e) => {
+            // Whatever the feed answered (401/403/404/5xx, garbage), a parent whose `/v2/`
+            // answers is synced by polling.
+            engine.client().ping().await?;
+            tracing::info!(error = %e, "the parent has no usable change feed; polling");
+            engine.status().add_detail(
+                "Sync",
+                "PollingFallback",
+                format!(
+                    "no change feed at the parent ({e}); polling every {}s",
+                    POLL_INTERVAL.as_secs()
+                ),
+            );
+            false
+        }
     };
     if !has_feed {
         // A plain OCI parent: reconcile every POLL_INTERVAL (tags/list + HEAD, downloads only
-        // what changed).
+        // what changed), asking again for a feed every FEED_REPROBE_INTERVAL.
+        let until = Instant::now() + FEED_REPROBE_INTERVAL;
         loop {
             let trigger = if state.first_pass_done {
                 Trigger::Schedule
             } else {
                 Trigger::InitialSync
             };
-            engine.full_pass(trigger).await?;
+            pass(engine, state, trigger).await?;
             state.first_pass_done = true;
             state.backoff = Duration::from_secs(1);
             tokio::time::sleep(POLL_INTERVAL).await;
+            if Instant::now() >= until {
+                return Ok(());
+            }
         }
     }
     if let Err(SyncError::MessagesExpired { latest, .. }) = probe {
-        engine.full_pass(Trigger::RecoveryService).await?;
+        pass(engine, state, Trigger::RecoveryService).await?;
+        state.passes.unproductive();
         cursor = latest;
         save_cursor(engine, cursor).await?;
     } else if !state.first_pass_done {
@@ -130,7 +233,7 @@ async fn follow(
         } else {
             Trigger::Schedule
         };
-        engine.full_pass(trigger).await?;
+        pass(engine, state, trigger).await?;
     }
     state.first_pass_done = true;
     state.backoff = Duration::from_secs(1);
@@ -139,30 +242,49 @@ async fn follow(
             Some(c) => ((c - Utc::now()).num_seconds().max(0) as u64).min(LONG_POLL_SECONDS),
             None => LONG_POLL_SECONDS,
         };
+        state.feed.wait().await;
+        let asked = Instant::now();
         let page = match engine.client().changes(cursor, wait).await {
             Ok(page) => page,
             Err(SyncError::MessagesExpired { latest, .. }) => {
-                engine.full_pass(Trigger::RecoveryService).await?;
+                // Back-to-back 410s back off (see MAX_PASS_BACKOFF).
+                pass(engine, state, Trigger::RecoveryService).await?;
+                state.passes.unproductive();
                 cursor = latest;
                 save_cursor(engine, cursor).await?;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
+        state.passes.productive();
         engine.status().update(|s| {
             s.last_activity_time = Some(Utc::now());
             if s.connection_state != "Syncing" {
                 s.connection_state = "Online".into();
             }
         });
+        let before = cursor;
         for event in &page.events {
-            engine.apply_event(event).await?;
-            cursor = event.seq;
+            match engine.apply_event(event).await {
+                Ok(()) => {}
+                Err(e @ SyncError::ParentUnreachable(_)) => return Err(e.into()),
+                // One bad event does not hold the feed; the next full pass reconciles it.
+                Err(e) => engine.record_failure(&e),
+            }
+            cursor = cursor.max(event.seq);
         }
         if page.next > cursor {
             cursor = page.next;
         }
-        if !page.events.is_empty() {
+        // An answer well before the wait that brought nothing new is a parent that does not
+        // long-poll (or a loop): back off.
+        let early = asked.elapsed() < Duration::from_secs(wait) / 2;
+        if cursor == before && early {
+            state.feed.unproductive();
+        } else {
+            state.feed.productive();
+        }
+        if cursor != before {
             save_cursor(engine, cursor).await?;
             engine.status().update(|s| {
                 if let Some(p) = s.parent.as_mut() {
@@ -170,14 +292,6 @@ async fn follow(
                 }
             });
         }
-    }
-}
-
-fn clone_error(e: &SyncError) -> SyncError {
-    match e {
-        SyncError::ParentUnreachable(m) => SyncError::ParentUnreachable(m.clone()),
-        SyncError::AuthenticationFailed(m) => SyncError::AuthenticationFailed(m.clone()),
-        other => SyncError::Protocol(other.to_string()),
     }
 }
 

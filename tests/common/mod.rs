@@ -190,6 +190,33 @@ fn unsafe_kill(pid: u32, signal: &str) {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.kill9();
+        // A panic in the server is a bug even when the client got an answer (the server turns
+        // a handler's panic into a 500): every test that starts a registry fails on one.
+        if !std::thread::panicking() {
+            self.assert_no_panic();
+        }
+    }
+}
+
+impl Registry {
+    /// Fail if the registry's log shows a panic: Rust's `… panicked at …` line, or the server's
+    /// `request handler panicked`.
+    pub fn assert_no_panic(&self) {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        // Each panic with the two lines after it (Rust prints the message on the next line).
+        let panics: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at") || l.contains("request handler panicked"))
+            .take(5)
+            .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "the registry panicked:\n{}",
+            panics.join("\n---\n")
+        );
     }
 }
 
@@ -238,5 +265,8 @@ impl Registry {
     }
 }
 
+pub mod hostile_parent;
 pub mod peers;
 pub mod proxy;
+pub mod raw;
+pub mod support;

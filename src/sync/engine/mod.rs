@@ -1,26 +1,36 @@
 //! The sync engine: make the selected repositories here match the parent, one verified piece at
 //! a time, so that a tag only ever points at content that is complete on this node.
 //!
-//! Order inside a tag: blobs (downloaded once, resumable, verified) → child manifests →
-//! referrers → the tag itself. Anything cut short leaves only invisible bytes (partial downloads,
-//! untagged manifests) that the next pass picks up.
+//! Order inside a tag: blobs (downloaded once, resumable, size- and digest-verified) → child
+//! manifests → the manifest by digest → its referrers → the tag itself. Anything cut short leaves
+//! only invisible bytes (partial downloads, untagged manifests) that the next pass picks up.
+//! [`tree`] walks one tag's content; this module runs passes, repositories and tags, and decides
+//! what a failure ends: a parent that does not answer ends the pass, anything else fails only
+//! the tag (or repository) at hand, which is recorded in `statusDetails`.
+
+mod tree;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use chrono::Utc;
 use futures_util::{stream, StreamExt};
 use tokio::sync::Semaphore;
 
 use super::client::{ParentClient, SyncError};
 use super::select::Selection;
-use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName};
+use crate::oci::{Digest, Reference, RepositoryName};
 use crate::status::{Progress, StatusHandle};
 use crate::store::{ChangeAction, ChangeEvent, Store};
+
+pub use tree::{
+    BLOB_ATTEMPTS, BLOB_RETRY_BASE, BLOB_RETRY_CAP, KEEP_MANIFEST_BYTES, MAX_INDEX_DEPTH,
+};
+
+/// Consecutive passes on which a repository's `tags/list` must answer 404 before its tags here
+/// are pruned: one 404 (a parent restarting, a proxy hiccup) is not evidence enough.
+pub const PRUNE_AFTER_MISSING_PASSES: u32 = 2;
 
 /// Why a sync pass runs (the `sync.trigger` of the status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +62,6 @@ pub struct PassSummary {
     pub failures: Vec<String>,
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 pub struct SyncEngine {
     store: Arc<Store>,
     client: ParentClient,
@@ -63,8 +71,11 @@ pub struct SyncEngine {
     downloads: Semaphore,
     /// One download per digest at a time; a second task needing it waits and then links it.
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// Cleared after the parent answers a referrers request with "no such API".
+    /// Cleared for the rest of a pass after the parent answers a referrers request with "no
+    /// such API"; set again when the next pass starts.
     referrers_supported: AtomicBool,
+    /// Repositories whose `tags/list` answered 404, with the number of consecutive passes.
+    missing: Mutex<HashMap<RepositoryName, u32>>,
 }
 
 impl SyncEngine {
@@ -84,6 +95,7 @@ impl SyncEngine {
             downloads: Semaphore::new(concurrency.max(1)),
             blob_locks: Mutex::new(HashMap::new()),
             referrers_supported: AtomicBool::new(true),
+            missing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -99,9 +111,11 @@ impl SyncEngine {
         &self.status
     }
 
-    /// One full reconcile: every selected repository and tag compared with the parent.
+    /// One full reconcile: every selected repository and tag compared with the parent. A
+    /// pass-ending error is recorded in the status here (once); the caller need not record it.
     pub async fn full_pass(&self, trigger: Trigger) -> Result<PassSummary, SyncError> {
         let started = Utc::now();
+        self.referrers_supported.store(true, Ordering::Relaxed);
         self.status.update(|s| {
             s.connection_state = "Syncing".into();
             s.sync.trigger = Some(trigger.as_str().into());
@@ -115,6 +129,7 @@ impl SyncEngine {
         match &result {
             Ok(failures) if failures.is_empty() => self.status.update(|s| {
                 s.connection_state = "Online".into();
+                s.last_activity_time = Some(ended);
                 s.sync.state = Some("Succeeded".into());
                 s.sync.last_sync_end_time = Some(ended);
                 s.sync.last_successful_sync_end_time = Some(ended);
@@ -124,6 +139,7 @@ impl SyncEngine {
             }),
             Ok(_) => self.status.update(|s| {
                 s.connection_state = "Online".into();
+                s.last_activity_time = Some(ended);
                 s.sync.state = Some("Failed".into());
                 s.sync.last_sync_end_time = Some(ended);
             }),
@@ -148,7 +164,8 @@ impl SyncEngine {
         Ok(PassSummary { progress, failures })
     }
 
-    /// Note a failure in the status (connection state and `statusDetails`).
+    /// Note a failure in the status (connection state and `statusDetails`). `Offline` only for
+    /// a parent that does not answer.
     pub fn record_failure(&self, e: &SyncError) {
         tracing::warn!(code = e.code(), error = %e, "sync failed");
         let offline = matches!(e, SyncError::ParentUnreachable(_));
@@ -156,6 +173,12 @@ impl SyncEngine {
             s.connection_state = if offline { "Offline" } else { "Unhealthy" }.into();
         });
         self.status.add_detail("Sync", e.code(), e.to_string());
+    }
+
+    /// Whether a `ParentUnreachable` from one request means the parent is gone (it does not
+    /// answer `GET /v2/` either) rather than one bad path.
+    async fn parent_gone(&self, e: &SyncError) -> bool {
+        matches!(e, SyncError::ParentUnreachable(_)) && self.client.ping().await.is_err()
     }
 
     async fn reconcile(&self) -> Result<Vec<String>, SyncError> {
@@ -167,7 +190,7 @@ impl SyncEngine {
             match self.sync_repository(repo).await {
                 Ok(mut f) => failures.append(&mut f),
                 // Losing the parent ends the pass; the caller retries.
-                Err(e @ SyncError::ParentUnreachable(_)) => return Err(e),
+                Err(e) if self.parent_gone(&e).await => return Err(e),
                 Err(e) => {
                     self.record_failure(&e);
                     failures.push(format!("{repo}: {e}"));
@@ -187,7 +210,18 @@ impl SyncEngine {
                 }
             }
         }
-        Ok(names.into_iter().filter_map(|n| n.parse().ok()).collect())
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match name.parse::<RepositoryName>() {
+                Ok(repo) => out.push(repo),
+                Err(e) => self.status.add_detail(
+                    "Sync",
+                    "InvalidName",
+                    format!("the parent lists an invalid repository name {name:?}, skipped: {e}"),
+                ),
+            }
+        }
+        Ok(out)
     }
 
     /// A repository no longer selected is removed here (this node is a mirror).
@@ -203,11 +237,34 @@ impl SyncEngine {
 
     /// Bring every selected tag of `repo` in line with the parent. Returns per-tag failures.
     pub async fn sync_repository(&self, repo: &RepositoryName) -> Result<Vec<String>, SyncError> {
-        let remote: Vec<String> = self
-            .client
-            .list_tags(repo.as_str())
-            .await?
-            .unwrap_or_default()
+        let listed = self.client.list_tags(repo.as_str()).await?;
+        let remote: Vec<String> = match listed {
+            Some(tags) => {
+                self.missing.lock().expect("missing map").remove(repo);
+                tags
+            }
+            None => {
+                let passes = {
+                    let mut missing = self.missing.lock().expect("missing map");
+                    let n = missing.entry(repo.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if passes < PRUNE_AFTER_MISSING_PASSES && !self.store.all_tags(repo)?.is_empty() {
+                    self.status.add_detail(
+                        "Sync",
+                        "RepositoryMissing",
+                        format!(
+                            "the parent answered 404 for the tags of {repo}; its tags here are \
+                             kept until that is seen on {PRUNE_AFTER_MISSING_PASSES} passes in a row"
+                        ),
+                    );
+                    return Ok(Vec::new());
+                }
+                Vec::new()
+            }
+        };
+        let remote: Vec<String> = remote
             .into_iter()
             .filter(|t| self.selection.matches_tag(t))
             .collect();
@@ -221,19 +278,23 @@ impl SyncEngine {
                 }
             }
         }
-        let results: Vec<Result<(), SyncError>> = stream::iter(remote.clone())
-            .map(|tag| async move { self.sync_tag(repo, &tag, None).await })
+        let results: Vec<(String, Result<(), SyncError>)> = stream::iter(remote)
+            .map(|tag| async move {
+                let result = self.sync_tag(repo, &tag, None).await;
+                (tag, result)
+            })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
         let mut failures = Vec::new();
-        for result in results {
+        for (tag, result) in results {
             match result {
                 Ok(()) => {}
-                Err(e @ SyncError::ParentUnreachable(_)) => return Err(e),
+                Err(e) if self.parent_gone(&e).await => return Err(e),
                 Err(e) => {
+                    let e = tag_failure(repo, &tag, e);
                     self.record_failure(&e);
-                    failures.push(format!("{repo}: {e}"));
+                    failures.push(format!("{repo}:{tag}: {e}"));
                 }
             }
         }
@@ -241,34 +302,51 @@ impl SyncEngine {
     }
 
     /// Make `tag` here point where it points at the parent (`known`: the digest from a change
-    /// event, saving a `HEAD`).
+    /// event, saving a `HEAD`). An unchanged tag still has its referrers checked in a pass.
     pub async fn sync_tag(
         &self,
         repo: &RepositoryName,
         tag: &str,
         known: Option<Digest>,
     ) -> Result<(), SyncError> {
+        let from_event = known.is_some();
         let remote = match known {
             Some(d) => d,
             None => match self.client.head_manifest(repo.as_str(), tag).await? {
                 Some(d) => d,
                 None => {
-                    self.store.remove_tag(repo, tag, None).await?;
-                    return Ok(());
+                    // Listed but not there: inconsistent, so nothing is removed on its word.
+                    return Err(SyncError::Protocol(format!(
+                        "{repo}:{tag} is listed by the parent but its manifest answers 404"
+                    )));
                 }
             },
         };
         let local = self.store.tag_digest(repo, tag)?;
         if local.as_ref() == Some(&remote) {
-            return Ok(());
+            // A pass checks the referrers of every tag; a feed event need not (referrers pushed
+            // later arrive as events of their own).
+            if from_event {
+                return Ok(());
+            }
+            return self.sync_referrers(repo, &remote).await;
         }
         self.progress(|p| p.manifests.total += 1);
-        let (media_type, bytes) = self.sync_manifest_tree(repo, remote.clone()).await?;
+        let (media_type, bytes) = self.fetch_tree(repo, remote.clone(), None, true).await?;
+        // By digest first, then its referrers, then the tag: the tag is the last thing visible.
+        self.store
+            .put_mirrored_manifest(
+                repo,
+                &Reference::Digest(remote.clone()),
+                &media_type,
+                bytes.clone(),
+            )
+            .await?;
+        self.sync_referrers(repo, &remote).await?;
         let reference = Reference::Tag(tag.parse()?);
         self.store
             .put_mirrored_manifest(repo, &reference, &media_type, bytes)
             .await?;
-        self.sync_referrers(repo, &remote).await?;
         self.progress(|p| p.manifests.done += 1);
         if let Some(old) = local {
             self.drop_if_gone(repo, &old).await?;
@@ -292,174 +370,6 @@ impl SyncEngine {
         {
             self.store.remove_manifest(repo, digest).await?;
         }
-        Ok(())
-    }
-
-    /// Fetch manifest `digest` and everything under it (children of an index that pass the
-    /// platform filter, stored by digest; blobs). Returns the manifest for the caller to store.
-    fn sync_manifest_tree(
-        &self,
-        repo: &RepositoryName,
-        digest: Digest,
-    ) -> BoxFuture<'_, Result<(String, Bytes), SyncError>> {
-        let repo = repo.clone();
-        Box::pin(async move {
-            if let Some(m) = self.store.manifest_by_digest(&repo, &digest)? {
-                return Ok((m.media_type.as_str().to_owned(), m.bytes));
-            }
-            let remote = self
-                .client
-                .get_manifest(repo.as_str(), &digest.to_string())
-                .await?
-                .ok_or_else(|| {
-                    SyncError::Protocol(format!(
-                        "manifest {digest} of {repo} vanished at the parent"
-                    ))
-                })?;
-            let parsed = ParsedManifest::parse(Some(&remote.media_type), &remote.bytes)
-                .map_err(|e| SyncError::Protocol(format!("manifest {digest} of {repo}: {e}")))?;
-            if parsed.media_type.is_index() {
-                for child in self.selected_children(&remote.bytes, &parsed)? {
-                    self.progress(|p| p.manifests.total += 1);
-                    let (child_type, child_bytes) =
-                        self.sync_manifest_tree(&repo, child.clone()).await?;
-                    self.store
-                        .put_mirrored_manifest(
-                            &repo,
-                            &Reference::Digest(child.clone()),
-                            &child_type,
-                            child_bytes,
-                        )
-                        .await?;
-                    self.sync_referrers(&repo, &child).await?;
-                    self.progress(|p| p.manifests.done += 1);
-                }
-            } else {
-                self.ensure_blobs(&repo, &parsed).await?;
-            }
-            Ok((parsed.media_type.as_str().to_owned(), remote.bytes))
-        })
-    }
-
-    /// Children of an index whose platform is selected (all when no platforms are configured).
-    fn selected_children(
-        &self,
-        bytes: &[u8],
-        parsed: &ParsedManifest,
-    ) -> Result<Vec<Digest>, SyncError> {
-        let index: oci_spec::image::ImageIndex = serde_json::from_slice(bytes)
-            .map_err(|e| SyncError::Protocol(format!("invalid index: {e}")))?;
-        let mut out = Vec::new();
-        for (descriptor, digest) in index.manifests().iter().zip(&parsed.children) {
-            let keep = match descriptor.platform() {
-                None => true,
-                Some(p) => self.selection.matches_platform(
-                    &p.os().to_string(),
-                    &p.architecture().to_string(),
-                    p.variant().as_deref(),
-                ),
-            };
-            if keep {
-                out.push(digest.clone());
-            }
-        }
-        Ok(out)
-    }
-
-    async fn ensure_blobs(
-        &self,
-        repo: &RepositoryName,
-        parsed: &ParsedManifest,
-    ) -> Result<(), SyncError> {
-        self.progress(|p| p.blobs.total += parsed.blobs.len() as u64);
-        let blobs = parsed
-            .blobs
-            .iter()
-            .cloned()
-            .zip(parsed.blob_sizes.iter().copied());
-        let results: Vec<Result<(), SyncError>> = stream::iter(blobs)
-            .map(|(d, size)| async move { self.ensure_blob(repo, &d, size).await })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
-
-    /// Link the blob if any repository here has it; otherwise download it (once, resumably).
-    async fn ensure_blob(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<(), SyncError> {
-        if !self.store.link_local_blob(repo, digest).await? {
-            let lock = self
-                .blob_locks
-                .lock()
-                .expect("blob lock map")
-                .entry(digest.clone())
-                .or_default()
-                .clone();
-            let _guard = lock.lock().await;
-            if !self.store.link_local_blob(repo, digest).await? {
-                let _permit = self
-                    .downloads
-                    .acquire()
-                    .await
-                    .expect("semaphore is never closed");
-                self.progress(|p| p.bytes.total += size);
-                let partial = self.store.partial_path(digest);
-                let transferred = self
-                    .client
-                    .download_blob(repo.as_str(), digest, &partial)
-                    .await?;
-                tracing::debug!(%digest, transferred, size, "blob downloaded");
-                // The whole blob is done, including bytes a resumed download already had.
-                self.progress(|p| p.bytes.done += size);
-                self.store.import_blob(repo, digest, partial).await?;
-            }
-            self.blob_locks
-                .lock()
-                .expect("blob lock map")
-                .remove(digest);
-        }
-        self.progress(|p| p.blobs.done += 1);
-        Ok(())
-    }
-
-    /// Referrers of `subject` (signatures, SBOMs) that are not here yet.
-    async fn sync_referrers(
-        &self,
-        repo: &RepositoryName,
-        subject: &Digest,
-    ) -> Result<(), SyncError> {
-        if !self.referrers_supported.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let Some(referrers) = self.client.referrers(repo.as_str(), subject).await? else {
-            self.referrers_supported.store(false, Ordering::Relaxed);
-            return Ok(());
-        };
-        for referrer in referrers {
-            if self.store.has_manifest(repo, &referrer)? {
-                continue;
-            }
-            self.store_by_digest(repo, &referrer).await?;
-        }
-        Ok(())
-    }
-
-    async fn store_by_digest(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<(), SyncError> {
-        self.progress(|p| p.manifests.total += 1);
-        let (media_type, bytes) = self.sync_manifest_tree(repo, digest.clone()).await?;
-        self.store
-            .put_mirrored_manifest(repo, &Reference::Digest(digest.clone()), &media_type, bytes)
-            .await?;
-        self.progress(|p| p.manifests.done += 1);
         Ok(())
     }
 
@@ -508,5 +418,13 @@ impl SyncEngine {
 
     fn progress(&self, f: impl FnOnce(&mut Progress)) {
         self.status.update(|s| f(&mut s.sync.progress));
+    }
+}
+
+/// Name the tag in a failure whose message does not say which tag it was.
+fn tag_failure(repo: &RepositoryName, tag: &str, e: SyncError) -> SyncError {
+    match e {
+        SyncError::Refused(m) => SyncError::Refused(format!("tag {repo}:{tag}: {m}")),
+        other => other,
     }
 }

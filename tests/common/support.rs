@@ -2,7 +2,6 @@
 //! generator (so large blobs are never held in memory, and any range can be re-derived to check
 //! it), readers over it that can pause or throttle mid-body, and checks on OCI errors and on the
 //! blob files on disk.
-#![allow(dead_code)]
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -258,7 +257,7 @@ pub fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
 /// Returns how many blob files there are.
 pub fn assert_blob_files_intact(data_dir: &Path) -> usize {
     let root = data_dir.join("blobs");
-    let files = crate::common::files_under(&root);
+    let files = super::files_under(&root);
     for path in &files {
         let rel: Vec<String> = path
             .strip_prefix(&root)
@@ -291,7 +290,7 @@ pub fn assert_blob_files_intact(data_dir: &Path) -> usize {
 
 /// Size of the largest file under `dir` (0 if none).
 pub fn largest_file(dir: &Path) -> u64 {
-    crate::common::files_under(dir)
+    super::files_under(dir)
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())

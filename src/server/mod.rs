@@ -1,0 +1,237 @@
+//! Accepting connections: plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge), or TLS (rustls)
+//! with HTTP/2 and HTTP/1.1 by ALPN; the limits that keep hostile or broken clients from holding
+//! the node ([`admission`] caps connections, [`idle`] closes the ones that make no progress); and
+//! a graceful stop that lets in-flight requests finish before the store is flushed.
+
+mod admission;
+mod idle;
+mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::response::error_response;
+use crate::api::Api;
+use crate::config::Limits;
+use crate::oci::{Error, ErrorCode};
+use admission::{Admission, RateLimited};
+use idle::Activity;
+pub use tls::tls_acceptor;
+
+/// How long a stop waits for in-flight requests before closing their connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of the TLS handshake (and never more than the connection idle timeout).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of reading an HTTP/1 request head (and never more than the idle timeout).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Upper bound of the HTTP/2 keep-alive ping interval (otherwise half the idle timeout); a
+/// ping not answered within the same time closes the connection.
+const MAX_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// After a connection is told to close (HTTP/2 `GOAWAY`), how long it may go without progress
+/// before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Pause after a failed `accept` (out of descriptors and the like) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What every connection task shares.
+struct Shared {
+    api: Arc<Api>,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    /// Set when the server starts stopping: connections finish what is in flight and close.
+    stop: watch::Receiver<bool>,
+}
+
+/// Serve `api` on `listener` until `shutdown` resolves, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    api: Arc<Api>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        connection_idle_timeout_s = limits.connection_idle_timeout.as_secs(),
+        body_idle_timeout_s = limits.body_idle_timeout.as_secs(),
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        api,
+        builder: http_builder(&limits),
+        idle_timeout: limits.connection_idle_timeout,
+        stop: stop_rx,
+    });
+    let mut admission = Admission::new(limits.max_connections);
+    let mut accept_errors = RateLimited::new(ACCEPT_LOG_EVERY);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if let Some(others) = accept_errors.check() {
+                        tracing::warn!(error = %e, failed_since_last_line = others + 1, "accept failed");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            // Reap finished connection tasks so the set stays as large as the live connections.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        let Some(permit) = admission.admit() else {
+            admission.refuse(stream, tls.is_none());
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        match &tls {
+            None => conns.spawn(serve_connection(stream, peer, shared, permit)),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                conns.spawn(async move {
+                    let handshake = TLS_HANDSHAKE_TIMEOUT.min(shared.idle_timeout);
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, shared, permit).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                })
+            }
+        };
+    }
+    drop(listener);
+    tracing::info!("stopping: waiting for in-flight requests");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}; closing them");
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The HTTP/1 and HTTP/2 settings, from hyper's own timers and limits.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let idle = limits.connection_idle_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT.min(idle));
+    let ping = (idle / 2).clamp(Duration::from_secs(1), MAX_PING_INTERVAL);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(ping)
+        .keep_alive_timeout(ping);
+    builder
+}
+
+/// Serve one connection until it ends, goes idle or the server stops; `_permit` is its place
+/// under the connection cap, released when it closes.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let service = {
+        let api = shared.api.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let api = api.clone();
+            let activity = activity.clone();
+            async move {
+                let handling = activity.handling();
+                let response = AssertUnwindSafe(api.handle(req))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!("request handler panicked");
+                        error_response(&Error::new(ErrorCode::Unknown, "internal error"))
+                    });
+                drop(handling);
+                Ok::<_, Infallible>(response.map(|body| activity.track(body)))
+            }
+        })
+    };
+    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stop = shared.stop.clone();
+    let ended = tokio::select! {
+        result = conn.as_mut() => Some(result),
+        () = activity.until_idle(shared.idle_timeout) => {
+            tracing::debug!(%peer, "closing an idle connection");
+            None
+        }
+        _ = stop.wait_for(|stopping| *stopping) => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            // HTTP/2 says GOAWAY, HTTP/1 closes once its request (if any) is answered, and a
+            // connection still sniffing its protocol stops waiting; one that then makes no
+            // progress (a silent peer) is dropped.
+            conn.as_mut().graceful_shutdown();
+            activity.progress();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = activity.until_idle(CLOSE_GRACE) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Anonymous access is only safe where nobody else can connect.
+pub fn check_anonymous_allowed(addr: SocketAddr) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "refusing to start: {addr} is not a loopback address and no client credentials are \
+         configured, so anyone on the network could push and pull. Listen on 127.0.0.1 \
+         (the default) or configure client tokens."
+    );
+    Ok(())
+}

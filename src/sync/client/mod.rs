@@ -1,0 +1,558 @@
+//! The parent client: every request a node makes to its parent registry (any OCI registry, or a
+//! connected-registry node) goes through here.
+//!
+//! It exists so that the sync engine can think in terms of "list the tags", "fetch this manifest",
+//! "download this blob" and never about HTTP. This module owns the one connection pool, the
+//! request loop (timeouts, retries with backoff) and the bounds every answer is read within;
+//! [`auth`] holds the sync-token credentials (Basic and the docker token flow), [`manifests`]
+//! the digest-checked manifest requests, [`listing`] the paginated listings and their caps,
+//! [`download`] resumable, size-bounded blob downloads and the shared bandwidth limit, [`body`]
+//! the size and minimum-rate bounds on reading any answer, [`feed`] the change feed. Whatever
+//! the parent sends, the answer is either verified data or a [`SyncError`] whose
+//! [`code`](SyncError::code) goes into the status model: nothing here panics on bad parent input.
+
+mod auth;
+mod body;
+mod download;
+mod feed;
+mod listing;
+mod manifests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode, Url};
+
+use crate::oci::{Digest, Reference, RepositoryName};
+use auth::{Auth, CachedToken};
+use body::{read_body, read_whole, BodyError};
+use download::Limiter;
+
+pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
+pub use feed::ChangesPage;
+pub use listing::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("parent unreachable: {0}")]
+    ParentUnreachable(String),
+    #[error("authentication at the parent failed: {0}")]
+    AuthenticationFailed(String),
+    #[error("{what} digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// The parent answered, but this transfer failed: the body was cut or too slow, after
+    /// retries. Only the tag (or blob) at hand fails.
+    #[error("transfer from the parent failed: {0}")]
+    Transfer(String),
+    /// The parent answered 5xx (or 429) to every attempt of one request.
+    #[error("the parent failed the request: {0}")]
+    ServerError(String),
+    /// A blob's length differs from its descriptor's `size`.
+    #[error("size mismatch: {0}")]
+    SizeMismatch(String),
+    /// Content refused by a limit of this node (nesting depth, listing caps, answer sizes).
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("local disk: {0}")]
+    Disk(String),
+    /// 410 `MESSAGES_EXPIRED`: reconcile in full, then follow the feed from `latest` (the
+    /// parent's newest sequence number, from the error's detail; `since` if it sent none).
+    #[error("the parent no longer has change events since {since}")]
+    MessagesExpired { since: u64, latest: u64 },
+    #[error("unexpected answer from the parent: {0}")]
+    Protocol(String),
+    #[error("sync window closed")]
+    WindowClosed,
+    #[error("local store: {0}")]
+    Store(#[from] crate::oci::Error),
+}
+
+impl SyncError {
+    /// The `statusDetails` code for this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SyncError::ParentUnreachable(_) => "ParentUnreachable",
+            SyncError::AuthenticationFailed(_) => "AuthenticationFailed",
+            SyncError::DigestMismatch { .. } => "DigestMismatch",
+            SyncError::Transfer(_) => "TransferFailed",
+            SyncError::ServerError(_) => "ParentError",
+            SyncError::SizeMismatch(_) => "SizeMismatch",
+            SyncError::Refused(_) => "Refused",
+            SyncError::Disk(_) => "DiskError",
+            SyncError::MessagesExpired { .. } => "MessagesExpired",
+            SyncError::Protocol(_) => "ProtocolError",
+            SyncError::WindowClosed => "WindowClosed",
+            SyncError::Store(_) => "DiskError",
+        }
+    }
+}
+
+pub struct ParentOptions {
+    /// `http(s)://host:port`, no trailing slash.
+    pub endpoint: String,
+    /// Sync token name and password (Basic auth, and for the docker token flow).
+    pub credentials: Option<(String, String)>,
+    /// Extra trusted CA certificates, PEM text.
+    pub ca_pem: Option<String>,
+    /// Bytes per second across all blob downloads; `None` = unlimited.
+    pub bandwidth_limit: Option<u64>,
+}
+
+/// A manifest fetched from the parent.
+#[derive(Debug, Clone)]
+pub struct RemoteManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// Time allowed to open a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the response headers. A parent that says nothing for this long is treated
+/// as gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per request (the first one included) on connection errors, timeouts, 5xx and 429.
+const ATTEMPTS: u32 = 4;
+/// First retry delay; doubled per attempt (with jitter) up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Longest delay between two attempts (also the cap on a parent's `Retry-After`).
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Largest manifest accepted (distribution's own limit is 4 MiB too).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Largest JSON document accepted outside listings (a feed page, an error body).
+const MAX_JSON_BYTES: usize = 16 << 20;
+/// Entries asked for per catalog / tags page.
+const PAGE_SIZE: u32 = 1000;
+/// Blob bytes are written to disk in pieces of this size.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// What `GET`/`HEAD` on a manifest accepts.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// Talks to one parent registry. Share it (e.g. in an `Arc`) between tasks: it holds the
+/// connection pool, the bearer-token cache and the bandwidth limiter.
+pub struct ParentClient {
+    /// The endpoint with no trailing slash; request paths are appended to it.
+    base: String,
+    /// The endpoint parsed, to resolve relative links and check they stay on the parent.
+    origin: Url,
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+    /// Bearer tokens by scope (`repository:<name>:pull`, `registry:catalog:*`, …).
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    limiter: Option<Limiter>,
+    requests: AtomicU64,
+    /// `n` asked for on paginated lists (a field so unit tests can force several pages).
+    page_size: u32,
+    /// This child's `messageTtl`, sent with each change-feed request so the parent answers
+    /// `MESSAGES_EXPIRED` once the child has missed events older than that.
+    message_ttl: Option<Duration>,
+}
+
+impl fmt::Debug for ParentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParentClient")
+            .field("endpoint", &self.base)
+            .field(
+                "user",
+                &self.credentials.as_ref().map(|(user, _)| user.as_str()),
+            )
+            .field("requests_made", &self.requests_made())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request, kept whole so it can be sent again (retries, authentication).
+struct Req {
+    method: Method,
+    url: Url,
+    /// Bearer-token cache key for this request.
+    scope: String,
+    headers: HeaderMap,
+    /// How long to wait for the response headers.
+    wait: Duration,
+}
+
+impl Req {
+    fn new(method: Method, url: Url, scope: impl Into<String>) -> Req {
+        Req {
+            method,
+            url,
+            scope: scope.into(),
+            headers: HeaderMap::new(),
+            wait: IDLE_TIMEOUT,
+        }
+    }
+
+    fn header(mut self, name: header::HeaderName, value: &str) -> Req {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.insert(name, value);
+        }
+        self
+    }
+
+    /// `GET /path` as written in messages (no host, no query).
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.url.path())
+    }
+}
+
+/// A response read whole.
+struct Fetched {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl ParentClient {
+    pub fn new(options: ParentOptions) -> Result<ParentClient, SyncError> {
+        let base = options.endpoint.trim().trim_end_matches('/').to_owned();
+        let origin = Url::parse(&base)
+            .map_err(|e| SyncError::Protocol(format!("invalid parent endpoint {base:?}: {e}")))?;
+        if !matches!(origin.scheme(), "http" | "https") || origin.host_str().is_none() {
+            return Err(SyncError::Protocol(format!(
+                "invalid parent endpoint {base:?}: expected http(s)://host[:port]"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("connected-registry/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = options.ca_pem.as_deref().filter(|p| !p.trim().is_empty()) {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+                SyncError::Protocol(format!("invalid parent CA certificate: {}", chain(&e)))
+            })?;
+            if certs.is_empty() {
+                return Err(SyncError::Protocol(
+                    "the parent CA certificate holds no PEM certificate".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            SyncError::Protocol(format!("cannot build the HTTP client: {}", chain(&e)))
+        })?;
+        Ok(ParentClient {
+            base,
+            origin,
+            http,
+            credentials: options.credentials,
+            tokens: Mutex::new(HashMap::new()),
+            limiter: options.bandwidth_limit.and_then(Limiter::new),
+            requests: AtomicU64::new(0),
+            page_size: PAGE_SIZE,
+            message_ttl: None,
+        })
+    }
+
+    /// Send `ttl` as this child's message TTL with every change-feed request.
+    pub fn with_message_ttl(mut self, ttl: Duration) -> ParentClient {
+        self.message_ttl = Some(ttl);
+        self
+    }
+
+    /// Requests sent to the parent so far (including retries and token requests).
+    pub fn requests_made(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// `GET /v2/`.
+    pub async fn ping(&self) -> Result<(), SyncError> {
+        let req = Req::new(Method::GET, self.url("/v2/")?, "");
+        let f = self.fetch(&req, MAX_JSON_BYTES).await?;
+        if f.status.is_success() {
+            Ok(())
+        } else {
+            Err(unexpected(&req, &f))
+        }
+    }
+
+    // ---- private helpers ----
+
+    /// The endpoint plus `path_and_query`.
+    fn url(&self, path_and_query: &str) -> Result<Url, SyncError> {
+        Url::parse(&format!("{}{path_and_query}", self.base)).map_err(|e| {
+            SyncError::Protocol(format!("cannot build a URL for {path_and_query}: {e}"))
+        })
+    }
+
+    /// Send `req` and read the whole body (at most `limit` bytes; nothing for `HEAD`), trying
+    /// again when the body is cut or stalls.
+    async fn fetch(&self, req: &Req, limit: usize) -> Result<Fetched, SyncError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut resp = self.send(req).await?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            if req.method == Method::HEAD {
+                return Ok(Fetched {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                });
+            }
+            match read_body(&mut resp, limit).await {
+                Ok(body) => {
+                    return Ok(Fetched {
+                        status,
+                        headers,
+                        body,
+                    })
+                }
+                Err(BodyError::TooLarge(limit)) => {
+                    return Err(SyncError::Refused(format!(
+                        "{}: the answer is larger than {limit} bytes",
+                        req.describe()
+                    )))
+                }
+                Err(BodyError::TooSlow(why)) => {
+                    return Err(SyncError::Transfer(format!("{}: {why}", req.describe())))
+                }
+                Err(BodyError::Transient(why)) => {
+                    if attempt >= ATTEMPTS {
+                        return Err(SyncError::Transfer(format!(
+                            "{}: {why} (after {attempt} attempts)",
+                            req.describe()
+                        )));
+                    }
+                    tracing::debug!(request = %req.describe(), %why, attempt, "retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// One request, tried again with backoff and jitter on connection errors, timeouts, 5xx
+    /// and 429. Other statuses are the caller's business.
+    async fn send_retrying(&self, req: &Req, auth: Auth<'_>) -> Result<Response, SyncError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut builder = self
+                .http
+                .request(req.method.clone(), req.url.clone())
+                .headers(req.headers.clone());
+            builder = match auth {
+                Auth::Bearer(token) => builder.bearer_auth(token),
+                Auth::Basic => match &self.credentials {
+                    Some((user, password)) => builder.basic_auth(user, Some(password)),
+                    None => builder,
+                },
+            };
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let (why, retry_after, answered) =
+                match tokio::time::timeout(req.wait, builder.send()).await {
+                    Ok(Ok(resp)) => {
+                        let status = resp.status();
+                        if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                            return Ok(resp);
+                        }
+                        (
+                            format!("answered {status}"),
+                            retry_after(resp.headers()),
+                            true,
+                        )
+                    }
+                    Ok(Err(e)) if e.is_builder() || e.is_redirect() => {
+                        // Name the request that failed: after a redirect, that is the target.
+                        let target = e
+                            .url()
+                            .map(|u| format!("{} {}", req.method, u))
+                            .unwrap_or_else(|| req.describe());
+                        let mut plain = e.without_url();
+                        if let Some(u) = plain.url_mut() {
+                            u.set_query(None);
+                        }
+                        return Err(SyncError::Protocol(format!("{target}: {}", chain(&plain))));
+                    }
+                    Ok(Err(e)) => (chain(&e), None, false),
+                    Err(_) => (
+                        format!("no answer within {}s", req.wait.as_secs()),
+                        None,
+                        false,
+                    ),
+                };
+            if attempt >= ATTEMPTS {
+                let message = format!(
+                    "{} {}: {why} (after {attempt} attempts)",
+                    self.base,
+                    req.describe()
+                );
+                return Err(if answered {
+                    SyncError::ServerError(message)
+                } else {
+                    SyncError::ParentUnreachable(message)
+                });
+            }
+            tracing::debug!(request = %req.describe(), %why, attempt, "retrying");
+            tokio::time::sleep(retry_after.unwrap_or_else(|| backoff(attempt))).await;
+        }
+    }
+}
+
+// ---- free helpers ----
+
+fn disk(path: &Path, e: std::io::Error) -> SyncError {
+    SyncError::Disk(format!("{}: {e}", path.display()))
+}
+
+/// An error and its sources, joined (reqwest's own message alone says little).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn repository(repo: &str) -> Result<RepositoryName, SyncError> {
+    repo.parse()
+        .map_err(|e: crate::oci::Error| SyncError::Protocol(e.to_string()))
+}
+
+fn parse_reference(reference: &str) -> Result<Reference, SyncError> {
+    reference
+        .parse()
+        .map_err(|e: crate::oci::Error| SyncError::Protocol(e.to_string()))
+}
+
+fn pull_scope(repo: &RepositoryName) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// Exponential backoff with jitter: between half and all of `base · 2^(attempt-1)`, capped.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    let ms = exp.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+/// A `Retry-After` in seconds, capped so a parent cannot park the sync.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(BACKOFF_CAP))
+}
+
+/// `Protocol` error for an answer the caller did not expect.
+fn unexpected(req: &Req, f: &Fetched) -> SyncError {
+    SyncError::Protocol(format!(
+        "{} answered {}{}",
+        req.describe(),
+        f.status,
+        error_detail(&f.body)
+    ))
+}
+
+/// `: CODE: message` from an OCI error body, or the start of any other body.
+fn error_detail(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<OciError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OciError {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(body) {
+        if let Some(first) = e.errors.first() {
+            return format!(
+                ": {}: {}",
+                first.code.as_deref().unwrap_or("?"),
+                first.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        for attempt in 1..10 {
+            let d = backoff(attempt);
+            let full = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1))
+                .min(BACKOFF_CAP);
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+        assert!(backoff(100) <= BACKOFF_CAP);
+    }
+
+    /// The sync engine shares one client between tasks and spawns its futures.
+    #[test]
+    fn client_and_its_futures_are_send() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let client = ParentClient::new(ParentOptions {
+            endpoint: "http://127.0.0.1:9".into(),
+            credentials: Some(("u".into(), "s3cret".into())),
+            ca_pem: None,
+            bandwidth_limit: Some(1 << 20),
+        })
+        .unwrap();
+        send_sync(&client);
+        let d = Digest::sha256_of(b"");
+        send(&client.ping());
+        send(&client.catalog());
+        send(&client.list_tags("a"));
+        send(&client.head_manifest("a", "v1"));
+        send(&client.get_manifest("a", "v1"));
+        send(&client.referrers("a", &d));
+        send(&client.download_blob("a", &d, Path::new("x")));
+        send(&client.changes(0, 0));
+        assert!(
+            !format!("{client:?}").contains("s3cret"),
+            "no password in Debug"
+        );
+    }
+}

@@ -1,0 +1,557 @@
+//! A misbehaving parent: a small HTTP/1.1 server in the test process that serves the OCI
+//! distribution API for the images a test gives it, and misbehaves on purpose, path by path, as
+//! the test says — drip bytes, lie about sizes, stream forever, cut connections mid-blob, loop
+//! `Link` headers, answer any status — so the real node can be tried as its child.
+//!
+//! One thread per connection, one request per connection (`Connection: close`), plain blocking
+//! I/O: the point is control, not speed. Every request line is recorded for the test to count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::peers::{Image, OCI_INDEX};
+use super::sha256;
+
+/// What a rule makes the parent do instead of answering normally.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// Answer this status with an OCI error body.
+    Status(u16),
+    /// Answer normally, but send the body at this many bytes per second.
+    Drip(u64),
+    /// 200 with no length, streaming zeros until the client goes away.
+    Forever,
+    /// Answer normally (honouring `Range`), but close the connection after this many body bytes.
+    CutAfter(usize),
+    /// For a listing (`_catalog`, `tags/list`, referrers): every page is full of new entries and
+    /// links to yet another page.
+    EndlessPages,
+    /// Accept the connection and never answer.
+    Hang,
+}
+
+struct Rule {
+    /// The rule applies to request targets containing this.
+    contains: String,
+    behavior: Behavior,
+    /// How many more requests it applies to (`None`: all).
+    remaining: Option<usize>,
+}
+
+/// What the change feed (`/acr/connected-registry/v1/changes`) answers.
+#[derive(Clone, Debug)]
+pub enum Feed {
+    /// 404, as a plain OCI registry.
+    Absent,
+    /// This status for every feed request (403, 502, …).
+    Status(u16),
+    /// 200 with no events, at once, whatever the `wait`.
+    EmptyAtOnce,
+    /// 410 `MESSAGES_EXPIRED` every time.
+    AlwaysExpired,
+}
+
+#[derive(Default)]
+struct Content {
+    /// repository → tag → digest.
+    tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// digest → (media type, bytes).
+    manifests: HashMap<String, (String, Arc<Vec<u8>>)>,
+    blobs: HashMap<String, Arc<Vec<u8>>>,
+    /// subject digest → referrer descriptors; `None` map entry = no referrers API.
+    referrers: Option<HashMap<String, Vec<serde_json::Value>>>,
+}
+
+struct Shared {
+    content: Mutex<Content>,
+    rules: Mutex<Vec<Rule>>,
+    feed: Mutex<Feed>,
+    log: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+/// The misbehaving parent; stops accepting on drop.
+pub struct HostileParent {
+    pub port: u16,
+    shared: Arc<Shared>,
+}
+
+impl HostileParent {
+    pub fn start() -> HostileParent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            content: Mutex::new(Content::default()),
+            rules: Mutex::new(Vec::new()),
+            feed: Mutex::new(Feed::Absent),
+            log: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(&s, stream);
+                });
+            }
+        });
+        HostileParent { port, shared }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Serve `image` (its blobs and children too) as `repo:tag`.
+    pub fn add_image(&self, repo: &str, tag: &str, image: &Image) {
+        self.add_untagged(repo, image);
+        self.tag(repo, tag, &image.digest);
+    }
+
+    /// Serve `image` (blobs, children) by digest only.
+    pub fn add_untagged(&self, repo: &str, image: &Image) {
+        for b in &image.blobs {
+            self.add_blob(&b.bytes);
+        }
+        for c in &image.children {
+            self.add_untagged(repo, c);
+        }
+        self.add_manifest(&image.media_type, image.bytes.clone());
+        self.shared
+            .content
+            .lock()
+            .unwrap()
+            .tags
+            .entry(repo.to_owned())
+            .or_default();
+    }
+
+    /// Serve these manifest bytes by their digest; returns the digest.
+    pub fn add_manifest(&self, media_type: &str, bytes: Vec<u8>) -> String {
+        let digest = sha256(&bytes);
+        self.shared
+            .content
+            .lock()
+            .unwrap()
+            .manifests
+            .insert(digest.clone(), (media_type.to_owned(), Arc::new(bytes)));
+        digest
+    }
+
+    /// Serve these blob bytes by their digest; returns the digest.
+    pub fn add_blob(&self, bytes: &[u8]) -> String {
+        let digest = sha256(bytes);
+        self.shared
+            .content
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), Arc::new(bytes.to_vec()));
+        digest
+    }
+
+    /// Point `repo:tag` at `digest`.
+    pub fn tag(&self, repo: &str, tag: &str, digest: &str) {
+        self.shared
+            .content
+            .lock()
+            .unwrap()
+            .tags
+            .entry(repo.to_owned())
+            .or_default()
+            .insert(tag.to_owned(), digest.to_owned());
+    }
+
+    /// Turn the referrers API on (answering an empty index for subjects with none).
+    pub fn enable_referrers(&self) {
+        let mut c = self.shared.content.lock().unwrap();
+        c.referrers.get_or_insert_with(HashMap::new);
+    }
+
+    /// List `referrer` (served in `repo`) as a referrer of `subject`.
+    pub fn add_referrer(&self, repo: &str, subject: &str, referrer: &Image) {
+        self.add_untagged(repo, referrer);
+        let mut c = self.shared.content.lock().unwrap();
+        let mut d = json!({
+            "mediaType": referrer.media_type,
+            "digest": referrer.digest,
+            "size": referrer.bytes.len(),
+        });
+        if let Some(t) = &referrer.artifact_type {
+            d["artifactType"] = json!(t);
+        }
+        c.referrers
+            .get_or_insert_with(HashMap::new)
+            .entry(subject.to_owned())
+            .or_default()
+            .push(d);
+    }
+
+    /// Misbehave on every request whose target contains `contains`.
+    pub fn on(&self, contains: &str, behavior: Behavior) {
+        self.rule(contains, behavior, None);
+    }
+
+    /// Misbehave on the next `times` requests whose target contains `contains`.
+    pub fn on_times(&self, contains: &str, behavior: Behavior, times: usize) {
+        self.rule(contains, behavior, Some(times));
+    }
+
+    fn rule(&self, contains: &str, behavior: Behavior, remaining: Option<usize>) {
+        self.shared.rules.lock().unwrap().push(Rule {
+            contains: contains.to_owned(),
+            behavior,
+            remaining,
+        });
+    }
+
+    /// Behave again.
+    pub fn behave(&self) {
+        self.shared.rules.lock().unwrap().clear();
+        *self.shared.feed.lock().unwrap() = Feed::Absent;
+    }
+
+    pub fn set_feed(&self, feed: Feed) {
+        *self.shared.feed.lock().unwrap() = feed;
+    }
+
+    /// Every request so far, as `METHOD target`.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// How many requests so far had a target containing `contains`.
+    pub fn count(&self, contains: &str) -> usize {
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(contains))
+            .count()
+    }
+}
+
+impl Drop for HostileParent {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// A chain of `depth` single-child indexes over `leaf`, all served in `repo`; returns the top
+/// index's digest.
+pub fn nested_indexes(parent: &HostileParent, repo: &str, leaf: &Image, depth: usize) -> String {
+    parent.add_untagged(repo, leaf);
+    let mut child = (
+        leaf.media_type.clone(),
+        leaf.digest.clone(),
+        leaf.bytes.len(),
+    );
+    for _ in 0..depth {
+        let doc = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": child.0, "digest": child.1, "size": child.2}],
+        });
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let len = bytes.len();
+        let digest = parent.add_manifest(OCI_INDEX, bytes);
+        child = (OCI_INDEX.to_owned(), digest, len);
+    }
+    child.1
+}
+
+// ---- serving ---------------------------------------------------------------------------------
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Arc<Vec<u8>>,
+    /// Serve only `body[start..]` (a `Range` answer).
+    start: usize,
+}
+
+impl Answer {
+    fn new(status: u16, body: Vec<u8>) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body: Arc::new(body),
+            start: 0,
+        }
+    }
+
+    fn json(status: u16, value: serde_json::Value) -> Answer {
+        Answer::new(status, serde_json::to_vec(&value).unwrap())
+            .header("Content-Type", "application/json")
+    }
+
+    fn error(status: u16, code: &str) -> Answer {
+        Answer::json(
+            status,
+            json!({"errors": [{"code": code, "message": format!("hostile parent says {status}")}]}),
+        )
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = v
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+            }
+        }
+    }
+    shared
+        .log
+        .lock()
+        .unwrap()
+        .push(format!("{method} {target}"));
+    let behavior = {
+        let mut rules = shared.rules.lock().unwrap();
+        let found = rules
+            .iter_mut()
+            .find(|r| target.contains(&r.contains) && r.remaining != Some(0));
+        found.map(|r| {
+            if let Some(n) = r.remaining.as_mut() {
+                *n -= 1;
+            }
+            r.behavior.clone()
+        })
+    };
+    let mut stream = stream;
+    match behavior {
+        Some(Behavior::Status(code)) => {
+            let a = Answer::error(code, "HOSTILE");
+            write_answer(&mut stream, &method, a, None, None)
+        }
+        Some(Behavior::Hang) => {
+            std::thread::sleep(Duration::from_secs(3600));
+            Ok(())
+        }
+        Some(Behavior::Forever) => {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![0u8; 64 << 10];
+            loop {
+                stream.write_all(&chunk)?;
+            }
+        }
+        Some(Behavior::EndlessPages) => {
+            let page = shared
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("page="))
+                .count();
+            let path = target.split('?').next().unwrap_or("").to_owned();
+            let entries: Vec<String> = (0..1000).map(|i| format!("e{page}x{i}")).collect();
+            let a = if path.contains("/referrers/") {
+                let manifests: Vec<_> = entries
+                    .iter()
+                    .map(|e| {
+                        json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "digest": sha256(e.as_bytes()), "size": 10})
+                    })
+                    .collect();
+                index_answer(manifests)
+            } else if path.ends_with("_catalog") {
+                Answer::json(200, json!({"repositories": entries}))
+            } else {
+                Answer::json(200, json!({"name": "x", "tags": entries}))
+            };
+            let a = a.header(
+                "Link",
+                &format!("<{path}?page={}&n=1000>; rel=\"next\"", page + 1),
+            );
+            write_answer(&mut stream, &method, a, None, None)
+        }
+        Some(Behavior::Drip(rate)) => {
+            let a = answer(shared, &method, &target, range);
+            write_answer(&mut stream, &method, a, Some(rate), None)
+        }
+        Some(Behavior::CutAfter(n)) => {
+            let a = answer(shared, &method, &target, range);
+            write_answer(&mut stream, &method, a, None, Some(n))
+        }
+        None => {
+            let a = answer(shared, &method, &target, range);
+            write_answer(&mut stream, &method, a, None, None)
+        }
+    }
+}
+
+fn write_answer(
+    stream: &mut TcpStream,
+    method: &str,
+    a: Answer,
+    drip: Option<u64>,
+    cut_after: Option<usize>,
+) -> std::io::Result<()> {
+    let body = &a.body[a.start.min(a.body.len())..];
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        a.status,
+        body.len()
+    );
+    for (k, v) in &a.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    let body = match cut_after {
+        Some(n) => &body[..n.min(body.len())],
+        None => body,
+    };
+    match drip {
+        Some(rate) => {
+            let pause = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            for b in body {
+                stream.write_all(std::slice::from_ref(b))?;
+                stream.flush()?;
+                std::thread::sleep(pause);
+            }
+        }
+        None => stream.write_all(body)?,
+    }
+    stream.flush()?;
+    if cut_after.is_some() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    Ok(())
+}
+
+/// The normal answer to a request.
+fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> Answer {
+    let path = target.split('?').next().unwrap_or("");
+    if path == "/v2/" || path == "/v2" {
+        return Answer::json(200, json!({}));
+    }
+    if path.starts_with("/acr/connected-registry/v1/changes") {
+        return match shared.feed.lock().unwrap().clone() {
+            Feed::Absent => Answer::error(404, "NOT_FOUND"),
+            Feed::Status(code) => Answer::error(code, "HOSTILE"),
+            Feed::EmptyAtOnce => Answer::json(200, json!({"events": [], "next": 0})),
+            Feed::AlwaysExpired => Answer::json(
+                410,
+                json!({"errors": [{"code": "MESSAGES_EXPIRED", "message": "gone",
+                                   "detail": {"since": 0, "latest": 0}}]}),
+            ),
+        };
+    }
+    let c = shared.content.lock().unwrap();
+    if path == "/v2/_catalog" {
+        let repos: Vec<&String> = c.tags.keys().collect();
+        return Answer::json(200, json!({ "repositories": repos }));
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Answer::error(404, "NOT_FOUND");
+    };
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        return match c.tags.get(repo) {
+            Some(tags) => {
+                let tags: Vec<&String> = tags.keys().collect();
+                Answer::json(200, json!({"name": repo, "tags": tags}))
+            }
+            None => Answer::error(404, "NAME_UNKNOWN"),
+        };
+    }
+    if let Some(i) = rest.rfind("/manifests/") {
+        let repo = &rest[..i];
+        let reference = &rest[i + "/manifests/".len()..];
+        let digest = if reference.contains(':') {
+            Some(reference.to_owned())
+        } else {
+            c.tags.get(repo).and_then(|t| t.get(reference)).cloned()
+        };
+        return match digest.and_then(|d| c.manifests.get(&d).map(|m| (d, m.clone()))) {
+            Some((digest, (media_type, bytes))) => Answer {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), media_type),
+                    ("Docker-Content-Digest".into(), digest),
+                ],
+                body: bytes,
+                start: 0,
+            },
+            None => Answer::error(404, "MANIFEST_UNKNOWN"),
+        };
+    }
+    if let Some(i) = rest.rfind("/blobs/") {
+        let digest = &rest[i + "/blobs/".len()..];
+        return match c.blobs.get(digest) {
+            Some(bytes) => {
+                let len = bytes.len();
+                match range.filter(|_| method == "GET") {
+                    Some(start) if start >= len => Answer::error(416, "RANGE"),
+                    Some(start) => Answer {
+                        status: 206,
+                        headers: vec![(
+                            "Content-Range".into(),
+                            format!("bytes {start}-{}/{len}", len - 1),
+                        )],
+                        body: bytes.clone(),
+                        start,
+                    },
+                    None => Answer {
+                        status: 200,
+                        headers: vec![("Docker-Content-Digest".into(), digest.to_owned())],
+                        body: bytes.clone(),
+                        start: 0,
+                    },
+                }
+            }
+            None => Answer::error(404, "BLOB_UNKNOWN"),
+        };
+    }
+    if let Some(i) = rest.rfind("/referrers/") {
+        let subject = &rest[i + "/referrers/".len()..];
+        return match &c.referrers {
+            None => Answer::error(404, "NOT_FOUND"),
+            Some(map) => index_answer(map.get(subject).cloned().unwrap_or_default()),
+        };
+    }
+    Answer::error(404, "NOT_FOUND")
+}
+
+/// A referrers answer: an OCI index of `manifests`.
+fn index_answer(manifests: Vec<serde_json::Value>) -> Answer {
+    let doc = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    Answer::new(200, serde_json::to_vec(&doc).unwrap()).header("Content-Type", OCI_INDEX)
+}
