@@ -299,17 +299,8 @@ pub fn largest_file(dir: &Path) -> u64 {
 }
 
 /// Poll `cond` every 5 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+pub fn wait_for(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    super::peers::poll_every(Duration::from_millis(5), timeout, cond)
 }
 
 /// Turn a `Location` header (absolute or absolute-path) into a URL on `base` (`http://host:port`).
