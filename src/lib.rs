@@ -3,6 +3,7 @@
 //! Edge module client around them.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod oci;
 pub mod server;

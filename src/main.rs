@@ -1,4 +1,7 @@
-//! The `connected-registry` command line. Parsing and wiring only; the work lives in the library.
+//! The `connected-registry` command line. Parsing and wiring only; the work lives in the library
+//! (and the smaller commands in [`cli`]).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use connected_registry::api::Api;
+use connected_registry::auth::Authenticator;
 use connected_registry::config::{self, Config};
 use connected_registry::server;
 use connected_registry::status::{self, Status, StatusHandle};
@@ -27,11 +31,16 @@ struct Cli {
 enum Command {
     /// Run the registry.
     Serve(ServeArgs),
-    /// Show a running node's status as a table.
-    Status(StatusArgs),
+    /// Show a running node's status (or, with --children, its children) as a table.
+    Status(cli::remote::StatusArgs),
     /// Run one sync pass with the parent (progress bar and summary), then exit; non-zero if
     /// anything failed. The data directory must not be in use by a running `serve`.
     Sync(SyncArgs),
+    /// Client tokens and children's sync tokens: create, list, delete, enable, disable.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
+    /// Let another instance of child NAME activate at this (parent) node.
+    Deactivate(cli::remote::DeactivateArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,16 +54,6 @@ struct SyncArgs {
     /// Where blobs and metadata live [default: ./data].
     #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME")]
     data_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args)]
-struct StatusArgs {
-    /// The node's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:5000")]
-    url: String,
-    /// Print the status JSON instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -88,8 +87,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Status(args) => show_status(args),
+        Command::Status(args) => cli::remote::show_status(args),
         Command::Sync(args) => sync_once(args),
+        Command::Token(command) => cli::token::run(command),
+        Command::Deactivate(args) => cli::remote::deactivate(args),
     }
 }
 
@@ -160,7 +161,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config, args.log_format)?;
 
     let addr = config.listen_addr()?;
-    server::check_anonymous_allowed(addr)?;
+    server::check_anonymous_allowed(addr, &config)?;
     let tls = config
         .tls
         .as_ref()
@@ -185,9 +186,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "registry listening"
         );
         let status = StatusHandle::new(initial_status(&config, addr));
+        let loopback = addr.ip().is_loopback();
+        let auth = Arc::new(Authenticator::new(&config, loopback));
+        if let Some(path) = args.config.clone() {
+            // Token changes (`connected-registry token …`) apply without a restart.
+            let auth = auth.clone();
+            config::watch::spawn_file_watch(path, config.clone(), move |new: &Config| {
+                auth.reconfigure(new, loopback);
+            });
+        }
+        let service = config
+            .login_server
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_else(|| "connected-registry".to_owned());
         let api = Arc::new(
             Api::new(store.clone(), status)
-                .read_only(config.parent.is_some())
+                .mode(config.effective_mode())
+                .auth(auth, service, tls.is_some())
                 .limits(limits),
         );
         connected_registry::store::changes::spawn_pruner(store.clone());
@@ -199,6 +215,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let sync = match &config.parent {
             Some(parent) => Some(connected_registry::sync::setup::spawn(
                 parent,
+                config.name.clone().map(|n| (n, config.effective_mode())),
                 store.clone(),
                 api.status().clone(),
                 sync_stopped,
@@ -225,13 +242,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn initial_status(config: &Config, addr: SocketAddr) -> Status {
     let now = chrono::Utc::now();
     let is_root = config.parent.is_none();
-    let mode = match config.mode {
-        Some(config::Mode::ReadWrite) => "ReadWrite",
-        Some(config::Mode::ReadOnly) => "ReadOnly",
-        // A root is where pushes land; a child defaults to a read-only mirror.
-        None if is_root => "ReadWrite",
-        None => "ReadOnly",
-    };
+    let mode = config.effective_mode().as_str();
     Status {
         name: config.name.clone().unwrap_or_else(|| "root".to_owned()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -262,40 +273,6 @@ fn initial_status(config: &Config, addr: SocketAddr) -> Status {
         }),
         ..Status::default()
     }
-}
-
-/// `connected-registry status`: fetch a node's status and print it.
-fn show_status(args: StatusArgs) -> anyhow::Result<()> {
-    let base = args.url.trim_end_matches('/');
-    let url = format!("{base}/acr/connected-registry/v1/status");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let body = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .context("building the HTTP client")?;
-        let response = client.get(&url).send().await.with_context(|| {
-            format!("cannot reach the registry at {base} (is `connected-registry serve` running there?)")
-        })?;
-        let code = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("reading the status from {url}"))?;
-        anyhow::ensure!(code.is_success(), "{url} answered {code}: {body}");
-        anyhow::Ok(body)
-    })?;
-    let status: Status = serde_json::from_str(&body)
-        .with_context(|| format!("{url} did not answer with a status document"))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", status::table::render(&status));
-    }
-    Ok(())
 }
 
 fn init_logging(config: &Config, format: LogFormat) -> anyhow::Result<()> {

@@ -414,6 +414,68 @@ fn sha512_blobs_are_accepted() {
     );
 }
 
+/// A manifest pushed by a sha512 reference (the OCI spec allows any registered algorithm) is
+/// verified against it and answers to it and to its sha256.
+#[test]
+fn sha512_manifest_references_are_accepted() {
+    use sha2::Digest;
+    let reg = Registry::start();
+    let c = client();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cd = push_blob(&c, &reg, "s", config);
+    let manifest = image_manifest((&cd, config.len()), &[]);
+    let by_sha512 = format!("sha512:{}", hex::encode(sha2::Sha512::digest(&manifest)));
+    let by_sha256 = sha256(&manifest);
+    let wrong = format!("sha512:{}", "0".repeat(128));
+    assert_error(
+        put_manifest(&c, &reg, "s", &wrong, OCI_MANIFEST, &manifest),
+        StatusCode::BAD_REQUEST,
+        "DIGEST_INVALID",
+    );
+    let r = put_manifest(&c, &reg, "s", &by_sha512, OCI_MANIFEST, &manifest);
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(&r, "docker-content-digest"), by_sha512);
+    assert_eq!(
+        header(&r, "location"),
+        format!("/v2/s/manifests/{by_sha512}")
+    );
+    for digest in [&by_sha512, &by_sha256] {
+        for head in [false, true] {
+            let url = reg.url(&format!("/v2/s/manifests/{digest}"));
+            let r = if head { c.head(url) } else { c.get(url) }.send().unwrap();
+            assert_eq!(r.status(), 200, "{digest}");
+            assert_eq!(header(&r, "docker-content-digest"), *digest);
+            assert_eq!(header(&r, "content-type"), OCI_MANIFEST);
+            if !head {
+                assert_eq!(r.bytes().unwrap().as_ref(), &manifest[..]);
+            }
+        }
+    }
+    assert_eq!(
+        c.get(reg.url(&format!("/v2/s/manifests/{wrong}")))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    // Deleted by either name, it is gone by both.
+    let r = c
+        .delete(reg.url(&format!("/v2/s/manifests/{by_sha512}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for digest in [&by_sha512, &by_sha256] {
+        assert_error(
+            c.get(reg.url(&format!("/v2/s/manifests/{digest}")))
+                .send()
+                .unwrap(),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        );
+    }
+}
+
 #[test]
 fn cross_repository_mount() {
     let reg = Registry::start();
@@ -789,9 +851,11 @@ fn tags_and_catalog_pagination() {
         "NAME_UNKNOWN",
     );
 
+    // Listed once a repository holds a manifest; blobs alone (`blobs/only`) are not enough.
     for repo in ["z", "m/n", "a1"] {
-        push_blob(&c, &reg, repo, b"blob");
+        push_image(&c, &reg, repo, "v1", b"blob");
     }
+    push_blob(&c, &reg, "blobs/only", b"blob");
     let all: Value = c
         .get(reg.url("/v2/_catalog"))
         .send()

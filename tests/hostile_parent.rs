@@ -9,104 +9,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::hostile_child::*;
 use common::hostile_parent::{nested_indexes, Behavior, Feed, HostileParent};
 use common::peers::*;
-use common::{files_under, Registry};
 use serde_json::{json, Value};
-
-const MINUTE: Duration = Duration::from_secs(60);
-
-fn child_of(parent: &HostileParent, repositories: &[&str]) -> Node {
-    Node::child(&parent.endpoint(), json!({ "repositories": repositories }))
-}
-
-fn image(seed: u64, len: usize) -> Image {
-    Image::new("linux/amd64", &[random_bytes(seed, len)])
-}
-
-/// Wait until `repo:tag` is served exactly as `image` (every digest verified).
-fn wait_serves(node: &Registry, repo: &str, tag: &str, image: &Image, within: Duration) {
-    let base = node.url("");
-    let ok = wait_until(within, || {
-        manifest_digest(&base, repo, tag).as_deref() == Some(image.digest.as_str())
-    });
-    assert!(
-        ok,
-        "{repo}:{tag} not served within {within:?}\nstatus: {}\nlog tail:\n{}",
-        status_text(node),
-        log_tail(node)
-    );
-    assert_serves(&base, repo, tag, image, None);
-}
-
-fn status_text(node: &Registry) -> String {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-        .get(node.url("/acr/connected-registry/v1/status"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_else(|e| format!("(no status: {e})"))
-}
-
-fn log_tail(node: &Registry) -> String {
-    let text = node.log_text();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Wait until `statusDetails` holds `code` (with `needle` in its description).
-fn wait_detail(node: &Registry, code: &str, needle: &str, within: Duration) -> Value {
-    let base = node.url("");
-    let mut found = Value::Null;
-    let ok = wait_until(within, || {
-        let s = status(&base);
-        if let Some(d) = s["statusDetails"].as_array().and_then(|a| {
-            a.iter().find(|d| {
-                d["code"] == code && d["description"].as_str().unwrap_or("").contains(needle)
-            })
-        }) {
-            found = d.clone();
-            true
-        } else {
-            false
-        }
-    });
-    assert!(
-        ok,
-        "no {code} detail mentioning {needle:?} within {within:?}\nstatus: {}\nlog tail:\n{}",
-        status_text(node),
-        log_tail(node)
-    );
-    found
-}
-
-fn not_served(node: &Registry, repo: &str, tag: &str) {
-    let r = get(&node.url(""), &format!("/v2/{repo}/manifests/{tag}"));
-    assert_eq!(
-        r.status,
-        404,
-        "{repo}:{tag} must not be visible: {}",
-        r.text()
-    );
-}
-
-fn dir_size(path: &std::path::Path) -> u64 {
-    files_under(path)
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn sync_state(node: &Registry) -> (String, String) {
-    let s = status(&node.url(""));
-    (
-        s["sync"]["state"].as_str().unwrap_or("").to_owned(),
-        s["connectionState"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 /// Defect 1: a chain of 5,000 single-child indexes crashed the node (stack overflow) and again
 /// after every restart. Now the tag is refused past the depth limit, shallower nesting still
@@ -152,6 +58,67 @@ fn nested_indexes_are_refused_without_a_crash_loop() {
     // The parent behaves: the tag syncs.
     parent.tag("deep", "v1", &leaf.digest);
     wait_serves(&child, "deep", "v1", &leaf, MINUTE);
+}
+
+/// A chain of `depth` single-child indexes over `leaf`, each padded with an annotation to about
+/// `pad` bytes, all served in `repo`; returns their digests, top first.
+fn padded_nested_indexes(
+    parent: &HostileParent,
+    repo: &str,
+    leaf: &Image,
+    depth: usize,
+    pad: usize,
+) -> Vec<String> {
+    parent.add_untagged(repo, leaf);
+    let mut child = json!({"mediaType": leaf.media_type, "digest": leaf.digest,
+                           "size": leaf.bytes.len()});
+    let mut digests = Vec::new();
+    for level in 0..depth {
+        let doc = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [child],
+            "annotations": {"pad": format!("{level}{}", "x".repeat(pad))},
+        });
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let len = bytes.len();
+        let digest = parent.add_manifest(OCI_INDEX, bytes);
+        child = json!({"mediaType": OCI_INDEX, "digest": digest, "size": len});
+        digests.push(digest);
+    }
+    digests.reverse();
+    digests
+}
+
+/// Defect 1, memory: every level of a chain of ~4 MB indexes was held while walking down
+/// (200 levels took 1.5 GB). Now the walk holds one large level at a time and stops at the
+/// depth limit: 40 levels (160 MB at the parent) leave the child's peak RSS small, nothing
+/// below the limit is fetched, and the tag is refused.
+#[test]
+fn large_nested_indexes_are_walked_in_bounded_memory() {
+    let parent = HostileParent::start();
+    let leaf = image(111, 2000);
+    let chain = padded_nested_indexes(&parent, "big", &leaf, 40, 4_000_000);
+    parent.tag("big", "v1", &chain[0]);
+    let good = image(112, 2000);
+    parent.add_image("good", "v1", &good);
+
+    let child = child_of(&parent, &["big", "good"]);
+    wait_detail(&child, "Refused", "big:v1", 2 * MINUTE);
+    wait_serves(&child, "good", "v1", &good, MINUTE);
+    // A second pass walks the chain again.
+    assert!(
+        wait_until(2 * MINUTE, || details(&child, "Refused", "big:v1").len()
+            >= 2),
+        "{}",
+        status_text(&child)
+    );
+    not_served(&child, "big", "v1");
+    let peak = child.peak_rss_bytes();
+    assert!(peak < 200 << 20, "peak RSS {peak}");
+    assert!(parent.count(&chain[0]) >= 2);
+    assert_eq!(parent.count(&chain[20]), 0, "fetched below the depth limit");
+    assert_eq!(parent.count(&leaf.digest), 0);
 }
 
 /// Defect 3: a blob whose descriptor says 5 bytes while the parent streams forever filled

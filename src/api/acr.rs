@@ -8,11 +8,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
+use super::access::{check, Need};
+use super::children;
 use super::response::Reply;
 use super::{query_value, Api};
+use crate::auth::{Identity, Principal};
+use crate::config::{GatewayAction, RepositoryAction};
 use crate::oci::{Error, ErrorCode, Result};
 use crate::store::ChangeEvent;
 
@@ -34,49 +39,82 @@ const USAGE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// The endpoints this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AcrRoute {
+pub(super) enum AcrRoute<'a> {
     Changes,
     Status,
+    /// `GET registries`: the children.
+    Registries,
+    Activate(&'a str),
+    Deactivate(&'a str),
+    ChildStatus(&'a str),
 }
 
-impl AcrRoute {
+impl<'a> AcrRoute<'a> {
     /// The route for `path`, or `None` when the path is not one of these endpoints (other
     /// `/acr/…` endpoints are routed elsewhere).
-    pub(super) fn parse(path: &str) -> Option<AcrRoute> {
-        match path.strip_prefix(PREFIX)?.trim_end_matches('/') {
-            "changes" => Some(AcrRoute::Changes),
-            "status" => Some(AcrRoute::Status),
+    pub(super) fn parse(path: &'a str) -> Option<AcrRoute<'a>> {
+        let rest = path.strip_prefix(PREFIX)?.trim_end_matches('/');
+        match rest {
+            "changes" => return Some(AcrRoute::Changes),
+            "status" => return Some(AcrRoute::Status),
+            "registries" => return Some(AcrRoute::Registries),
+            _ => {}
+        }
+        let (name, action) = rest.strip_prefix("registries/")?.split_once('/')?;
+        match action {
+            "activate" => Some(AcrRoute::Activate(name)),
+            "deactivate" => Some(AcrRoute::Deactivate(name)),
+            "status" => Some(AcrRoute::ChildStatus(name)),
             _ => None,
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The one method each endpoint answers.
+    fn method(self) -> Method {
         match self {
-            AcrRoute::Changes => "changes",
-            AcrRoute::Status => "status",
+            AcrRoute::Changes | AcrRoute::Status | AcrRoute::Registries => Method::GET,
+            AcrRoute::Activate(_) | AcrRoute::Deactivate(_) => Method::POST,
+            AcrRoute::ChildStatus(_) => Method::PUT,
         }
     }
 }
 
-/// Answer a request for one of these endpoints, given its method and query pairs.
+/// Answer a request for one of these endpoints.
 pub(super) async fn handle(
     api: &Api,
-    route: AcrRoute,
-    method: &Method,
-    query: Vec<(String, String)>,
+    identity: &Identity,
+    route: AcrRoute<'_>,
+    req: Request<Incoming>,
 ) -> Result<Reply> {
-    if method != Method::GET {
+    let method = req.method();
+    if *method != route.method() {
         return Err(Error::new(
             ErrorCode::MethodNotAllowed,
-            format!(
-                "method {method} is not supported on {PREFIX}{}",
-                route.as_str()
-            ),
+            format!("method {method} is not supported on {}", req.uri().path()),
         ));
     }
     match route {
-        AcrRoute::Changes => changes(api, &query).await,
-        AcrRoute::Status => status(api).await,
+        AcrRoute::Changes => {
+            // A child reads the feed with its sync token's gateway message/read; it sees
+            // only events of repositories the token may read.
+            let child = match &identity.principal {
+                Principal::Token(t) => t.gateways(GatewayAction::MessageRead).next().unwrap_or("*"),
+                Principal::Anonymous(_) => "*",
+            };
+            check(identity, &Need::Gateway(child, GatewayAction::MessageRead))?;
+            changes(api, identity, &super::query(&req)).await
+        }
+        AcrRoute::Status => {
+            check(identity, &Need::Authenticated)?;
+            status(api).await
+        }
+        AcrRoute::Registries => {
+            check(identity, &Need::Authenticated)?;
+            children::list(api, identity)
+        }
+        AcrRoute::Activate(name) => children::activate(api, identity, name, req).await,
+        AcrRoute::Deactivate(name) => children::deactivate(api, identity, name, req).await,
+        AcrRoute::ChildStatus(name) => children::put_status(api, identity, name, req).await,
     }
 }
 
@@ -89,7 +127,7 @@ struct ChangesPage {
 /// `GET …/changes?since=SEQ&wait=SECONDS&ttl=SECONDS`. Every number is checked against its
 /// range before it is used: `since` is any cursor, `wait` is capped at [`MAX_WAIT`], `ttl` must
 /// lie in [`TTL_RANGE`].
-async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
+async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Reply> {
     let since = number(q, "since", 0..=u64::MAX)?.unwrap_or(0);
     let wait = number(q, "wait", 0..=u64::MAX)?.unwrap_or(0);
     let wait = Duration::from_secs(wait.min(MAX_WAIT.as_secs()));
@@ -122,6 +160,10 @@ async fn changes(api: &Api, q: &[(String, String)]) -> Result<Reply> {
         }
     }
     let next = events.last().map_or(since, |e| e.seq);
+    let events = events
+        .into_iter()
+        .filter(|e| identity.holds(&e.repository, RepositoryAction::ContentRead))
+        .collect();
     Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))
 }
 
@@ -266,6 +308,18 @@ mod tests {
         );
         assert_eq!(
             AcrRoute::parse("/acr/connected-registry/v1/registries"),
+            Some(AcrRoute::Registries)
+        );
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/registries/factorya/activate"),
+            Some(AcrRoute::Activate("factorya"))
+        );
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/registries/factorya/status"),
+            Some(AcrRoute::ChildStatus("factorya"))
+        );
+        assert_eq!(
+            AcrRoute::parse("/acr/connected-registry/v1/registries/a/b/c"),
             None
         );
         assert_eq!(AcrRoute::parse("/acr/oauth2/token"), None);

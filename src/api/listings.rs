@@ -267,16 +267,21 @@ pub fn tags(store: &Arc<Store>, repo: &RepositoryName, req: &Request<Incoming>) 
     ))
 }
 
-pub fn catalog(store: &Arc<Store>, req: &Request<Incoming>) -> Result<Reply> {
+/// The catalog, listing only the repositories `visible` accepts.
+pub fn catalog(
+    store: &Arc<Store>,
+    req: &Request<Incoming>,
+    visible: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+) -> Result<Reply> {
     #[derive(Serialize)]
     struct Catalog {
         repositories: Vec<String>,
     }
     let q = page_query(&query(req))?;
     let Some(n) = q.n else {
-        let fetch = |store: &Store, last: Option<&str>, limit: PageLimit| -> Result<_> {
+        let fetch = move |store: &Store, last: Option<&str>, limit: PageLimit| -> Result<_> {
             Ok(store
-                .repositories_page(last, limit.entries, limit.bytes)?
+                .repositories_page(last, limit.entries, limit.bytes, &*visible)?
                 .into())
         };
         let head = "{\"repositories\":[".to_owned();
@@ -287,7 +292,7 @@ pub fn catalog(store: &Arc<Store>, req: &Request<Incoming>) -> Result<Reply> {
     } else {
         let limit = limit(n, MAX_PAGE_ENTRIES);
         store
-            .repositories_page(q.last.as_deref(), limit.entries, limit.bytes)?
+            .repositories_page(q.last.as_deref(), limit.entries, limit.bytes, &*visible)?
             .into()
     };
     Ok(names_page("/v2/_catalog", n, page, |repositories| {

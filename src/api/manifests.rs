@@ -18,7 +18,14 @@ pub fn get(
     reference: &str,
     head_only: bool,
 ) -> Result<Reply> {
-    let reference: Reference = reference.parse()?;
+    // A reference that is neither a tag nor a digest names no manifest: 404, as distribution
+    // answers and the OCI conformance tests expect.
+    let reference: Reference = reference.parse().map_err(|_| {
+        Error::new(
+            ErrorCode::ManifestUnknown,
+            format!("{repo} has no manifest {:?}", super::short(reference)),
+        )
+    })?;
     let manifest = store.get_manifest(repo, &reference)?;
     let digest = manifest.digest.to_string();
     let reply = Reply::new(StatusCode::OK)

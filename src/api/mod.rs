@@ -5,15 +5,19 @@
 //! input, calls the store and shapes the reply. Every failure is an [`Error`] rendered as OCI
 //! error JSON, so no request can end in a panic or a bare 500.
 
+mod access;
 pub mod acr;
 mod blobs;
+pub mod children;
 mod listings;
 mod manifests;
 pub mod response;
 pub mod route;
+mod token;
 mod uploads;
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +28,12 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::config::Limits;
+use crate::auth::{Authenticator, Identity};
+use crate::config::{Config, Limits, Mode};
 use crate::oci::{Error, ErrorCode, RepositoryName, Result};
 use crate::status::StatusHandle;
 use crate::store::Store;
+pub(crate) use access::Realm;
 use response::{error_response, Body, Reply, DOCKER_API_VERSION};
 use route::Route;
 
@@ -37,8 +43,11 @@ pub struct Api {
     /// Set when the server starts stopping; change-feed long-polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
     storage: acr::StorageUsage,
-    /// A mirror of its parent: clients may pull but not push or delete.
-    read_only: bool,
+    /// `ReadOnly`: clients may pull but not push or delete.
+    mode: Mode,
+    auth: Arc<Authenticator>,
+    realm: Realm,
+    children: children::ChildReports,
     /// A request body that sends nothing for this long is cut.
     body_idle_timeout: Duration,
 }
@@ -54,9 +63,22 @@ impl Api {
             store,
             status,
             stopping: tokio::sync::watch::Sender::new(false),
-            read_only: false,
+            mode: Mode::ReadWrite,
+            auth: Arc::new(Authenticator::new(&Config::default(), true)),
+            realm: Realm {
+                service: "connected-registry".to_owned(),
+                tls: false,
+            },
             body_idle_timeout: Limits::default().body_idle_timeout,
+            children: children::ChildReports::default(),
         }
+    }
+
+    /// Authenticate clients with `auth`; `realm` is what 401 challenges send them to.
+    pub fn auth(mut self, auth: Arc<Authenticator>, service: String, tls: bool) -> Api {
+        self.auth = auth;
+        self.realm = Realm { service, tls };
+        self
     }
 
     /// Apply the server's limits (the request body idle timeout).
@@ -72,9 +94,9 @@ impl Api {
         }
     }
 
-    /// Refuse pushes and deletes (a child node mirrors its parent).
-    pub fn read_only(mut self, read_only: bool) -> Api {
-        self.read_only = read_only;
+    /// `ReadOnly` refuses pushes and deletes.
+    pub fn mode(mut self, mode: Mode) -> Api {
+        self.mode = mode;
         self
     }
 
@@ -83,6 +105,7 @@ impl Api {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let challenge = access::ChallengeContext::capture(req.headers(), req.uri());
         let result = self.dispatch(req).await;
         let mut response = match result {
             Ok(reply) => reply.build(),
@@ -93,7 +116,20 @@ impl Api {
                     }
                     _ => tracing::debug!(%method, %path, error = %err, "request refused"),
                 }
-                error_response(&err)
+                let mut response = error_response(&err);
+                if err.code() == ErrorCode::Unauthorized {
+                    let value = if token::is_token_path(&path) {
+                        "Basic realm=\"connected-registry\"".to_owned()
+                    } else {
+                        challenge.challenge(&self.realm, &path, &method)
+                    };
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::WWW_AUTHENTICATE, value);
+                    }
+                }
+                response
             }
         };
         response
@@ -112,14 +148,23 @@ impl Api {
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
+        let source = req
+            .extensions()
+            .get::<ClientAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
+        if token::is_token_path(&path) {
+            return token::handle(self, req, source).await;
+        }
+        let identity = self.identify(&req, source).await?;
         if let Some(route) = acr::AcrRoute::parse(&path) {
-            return acr::handle(self, route, &method, query(&req)).await;
+            return acr::handle(self, &identity, route, req).await;
         }
         let route = Route::parse(&path);
-        if self.read_only && route.name().is_some() && !is_read(&method) {
+        access::check(&identity, &access::Need::of(&route, &method))?;
+        if self.mode == Mode::ReadOnly && route.name().is_some() && !is_read(&method) {
             return Err(Error::new(
                 ErrorCode::Denied,
-                "this node is a read-only mirror of its parent: push to the parent instead",
+                "this node is in ReadOnly mode: pushes and deletes are refused (push to its parent instead)",
             ));
         }
         let store = &self.store;
@@ -127,7 +172,13 @@ impl Api {
             (Route::Base, &Method::GET | &Method::HEAD) => {
                 Ok(Reply::new(StatusCode::OK).bytes("application/json", "{}"))
             }
-            (Route::Catalog, &Method::GET) => listings::catalog(store, &req),
+            (Route::Catalog, &Method::GET) => {
+                let identity = identity.clone();
+                let visible = Arc::new(move |name: &str| {
+                    identity.holds(name, crate::config::RepositoryAction::MetadataRead)
+                });
+                listings::catalog(store, &req, visible)
+            }
             (Route::Tags { name }, &Method::GET) => listings::tags(store, &repo(name)?, &req),
             (Route::Referrers { name, digest }, &Method::GET) => {
                 listings::referrers(store, &repo(name)?, digest, &req)
@@ -148,7 +199,18 @@ impl Api {
                 blobs::delete(store, &repo(name)?, digest).await
             }
             (Route::UploadStart { name }, &Method::POST) => {
-                uploads::start(store, &repo(name)?, req, self.body_timeout()).await
+                // A blob is mounted only from a repository the client may read.
+                let may_read = |from: &str| {
+                    access::check(
+                        &identity,
+                        &access::Need::Repository(
+                            from,
+                            crate::config::RepositoryAction::ContentRead,
+                        ),
+                    )
+                    .is_ok()
+                };
+                uploads::start(store, &repo(name)?, req, self.body_timeout(), &may_read).await
             }
             (Route::Upload { name, id }, &Method::GET) => uploads::status(store, &repo(name)?, id),
             (Route::Upload { name, id }, &Method::PATCH) => {
@@ -173,6 +235,46 @@ impl Api {
                 ))
             }
         }
+    }
+}
+
+/// A JSON request body of at most `max` bytes, parsed as `T` (400 naming the problem if not).
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    api: &Api,
+    max: usize,
+) -> Result<T> {
+    let bytes = read_bounded(req, api, max).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+/// A whole request body of at most `max` bytes (413 beyond).
+pub(crate) async fn read_bounded(req: Request<Incoming>, api: &Api, max: usize) -> Result<Vec<u8>> {
+    let mut body = body_stream(req, api.body_timeout());
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::new(ErrorCode::BadRequest, e.to_string()))?;
+        if bytes.len() + chunk.len() > max {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("the request body is larger than {max} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The client's address, put in each request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Api {
+    /// Who sent `req` (anonymous without an `Authorization` header).
+    async fn identify(&self, req: &Request<Incoming>, source: IpAddr) -> Result<Identity> {
+        let authorization = header(req, hyper::header::AUTHORIZATION)?;
+        self.auth.identify(authorization, source).await
     }
 }
 

@@ -22,13 +22,14 @@ pub async fn start(
     repo: &RepositoryName,
     req: Request<Incoming>,
     body_timeout: BodyTimeout,
+    may_read: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Reply> {
     let query = query(&req);
     if let Some(mount) = query_value(&query, "mount") {
         let digest: Digest = mount.parse()?;
         if let Some(from) = query_value(&query, "from") {
             let from: RepositoryName = from.parse()?;
-            if store.mount_blob(repo, &from, &digest).await?.is_some() {
+            if may_read(from.as_str()) && store.mount_blob(repo, &from, &digest).await?.is_some() {
                 return Ok(created(repo, &digest));
             }
         }

@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod edit;
 mod limits;
+pub mod tokens;
+pub mod watch;
 pub use limits::{open_files_limit, Limits, LimitsConfig};
+pub use tokens::{Action, GatewayAction, RepositoryAction, TokenConfig, TokenStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -45,6 +49,15 @@ pub struct Config {
     pub logging: Option<LoggingConfig>,
     /// Timeouts and caps that protect the server (see [`Limits`]).
     pub limits: Option<LimitsConfig>,
+    /// Credentials local clients log in with (at most 20).
+    #[serde(default)]
+    pub client_tokens: Vec<TokenConfig>,
+    /// Credentials children present when they sync from this node.
+    #[serde(default)]
+    pub sync_tokens: Vec<TokenConfig>,
+    /// Pulls (and listings) without credentials. Off unless set, except on a loopback address
+    /// with no tokens configured, where everything is open (a developer's registry).
+    pub anonymous_pull: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -130,6 +143,15 @@ pub enum Mode {
     ReadWrite,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReadOnly => "ReadOnly",
+            Mode::ReadWrite => "ReadWrite",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -194,7 +216,38 @@ impl Config {
             tracing_filter(&level.level)?;
         }
         self.limits()?;
+        tokens::validate_tokens(
+            "clientTokens",
+            &self.client_tokens,
+            Some(tokens::MAX_CLIENT_TOKENS),
+        )?;
+        tokens::validate_tokens("syncTokens", &self.sync_tokens, None)?;
+        if let Some(clash) = self
+            .client_tokens
+            .iter()
+            .find(|c| self.sync_tokens.iter().any(|s| s.name == c.name))
+        {
+            return Err(ConfigError::Invalid {
+                field: "syncTokens",
+                rule: format!("token name {:?} is also a client token", clash.name),
+            });
+        }
         Ok(())
+    }
+
+    /// Whether any credentials are configured (then clients must authenticate).
+    pub fn has_tokens(&self) -> bool {
+        !self.client_tokens.is_empty() || !self.sync_tokens.is_empty()
+    }
+
+    /// The node's mode: as configured, else `ReadWrite` for a root (where pushes land) and
+    /// `ReadOnly` for a child (a mirror of its parent).
+    pub fn effective_mode(&self) -> Mode {
+        self.mode.unwrap_or(if self.parent.is_some() {
+            Mode::ReadOnly
+        } else {
+            Mode::ReadWrite
+        })
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

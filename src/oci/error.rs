@@ -43,6 +43,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A change-feed cursor older than the retained change log (410): reconcile in full.
     MessagesExpired,
+    /// Another instance of this connected registry is active at the parent (409).
+    AlreadyActivated,
+    /// A ReadWrite child under a ReadOnly parent (409).
+    ModeIncompatible,
     /// Anything else: an internal failure, logged with its context.
     Unknown,
 }
@@ -72,6 +76,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "UNSUPPORTED",
             ErrorCode::MessagesExpired => "MESSAGES_EXPIRED",
+            ErrorCode::AlreadyActivated => "ALREADY_ACTIVATED",
+            ErrorCode::ModeIncompatible => "MODE_INCOMPATIBLE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -102,6 +108,7 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => 507,
             ErrorCode::Unavailable => 503,
             ErrorCode::MessagesExpired => 410,
+            ErrorCode::AlreadyActivated | ErrorCode::ModeIncompatible => 409,
             ErrorCode::Unknown => 500,
         }
     }

@@ -167,7 +167,8 @@ async fn serve_connection<I>(
     let service = {
         let api = shared.api.clone();
         let activity = activity.clone();
-        service_fn(move |req| {
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(crate::api::ClientAddr(peer));
             let api = api.clone();
             let activity = activity.clone();
             async move {
@@ -225,13 +226,18 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Anonymous access is only safe where nobody else can connect.
-pub fn check_anonymous_allowed(addr: SocketAddr) -> anyhow::Result<()> {
+/// Open access (no credentials at all) is only safe where nobody else can connect: on any
+/// other address the node needs tokens, or at least an explicit `anonymousPull`.
+pub fn check_anonymous_allowed(
+    addr: SocketAddr,
+    config: &crate::config::Config,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
-        addr.ip().is_loopback(),
+        addr.ip().is_loopback() || config.has_tokens() || config.anonymous_pull.is_some(),
         "refusing to start: {addr} is not a loopback address and no client credentials are \
          configured, so anyone on the network could push and pull. Listen on 127.0.0.1 \
-         (the default) or configure client tokens."
+         (the default), create client tokens (`connected-registry token create`) or set \
+         `anonymousPull`."
     );
     Ok(())
 }

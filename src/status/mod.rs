@@ -4,6 +4,7 @@
 //! Parts publish through a [`StatusHandle`] (a `tokio::sync::watch` channel), so readers always
 //! see a whole, consistent snapshot.
 
+pub mod children;
 pub mod table;
 
 use chrono::{DateTime, Utc};

@@ -5,6 +5,13 @@
 //! before the entry that would take it past its byte budget, except that a page always holds at
 //! least one entry, so an entry larger than the budget (a referrer with large annotations; one
 //! is bounded by the manifest size limit) is a page of its own.
+//!
+//! The catalog lists a repository only while it holds a manifest (tagged or not): a name that
+//! only links blobs (a client that pushed blobs and never a manifest, a sync whose manifest
+//! failed after its config blob was linked) has nothing a client could pull (distribution lists
+//! any repository with a linked layer; a half-synced mirror must not). That costs one
+//! index seek per name walked (`manifest_links` is keyed `repo\0digest`), never a scan. The
+//! store's own listing ([`Store::list_repositories`], for pruning) still sees every name.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -121,20 +128,47 @@ impl Store {
         )
     }
 
-    /// Every repository name in lexical order, at most `n`, after `last`. For the store's own
-    /// use (sync); answers to clients go through [`Store::repositories_page`].
+    /// Every repository name in lexical order, at most `n`, after `last`, including those that
+    /// hold only blobs. For the store's own use (sync prunes by it); answers to clients go
+    /// through [`Store::repositories_page`].
     pub fn list_repositories(&self, n: Option<usize>, last: Option<&str>) -> Result<Vec<String>> {
         Ok(self
-            .repositories_page(last, n.unwrap_or(usize::MAX), usize::MAX)?
+            .names_page(last, n.unwrap_or(usize::MAX), usize::MAX, None)?
             .0)
     }
 
-    /// One page of repository names in lexical order, after `last`.
+    /// One page of the catalog: names of repositories that hold a manifest and that `visible`
+    /// accepts (the client's credentials may read them), in lexical order, after `last`.
     pub fn repositories_page(
         &self,
         last: Option<&str>,
         max_entries: usize,
         max_bytes: usize,
+        visible: &dyn Fn(&str) -> bool,
+    ) -> Result<Page<String>> {
+        self.names_page(last, max_entries, max_bytes, Some(visible))
+    }
+
+    /// Whether the repository named by key `name` links at least one manifest (one seek).
+    fn holds_manifest(&self, name: &[u8]) -> Result<bool> {
+        let mut prefix = name.to_vec();
+        prefix.push(0);
+        Ok(self
+            .trees
+            .manifest_links
+            .scan_prefix(prefix)
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    fn names_page(
+        &self,
+        last: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+        // For the catalog: which names a client may see (and only those holding a manifest).
+        catalog: Option<&dyn Fn(&str) -> bool>,
     ) -> Result<Page<String>> {
         let entries = match last {
             Some(last) => {
@@ -146,6 +180,11 @@ impl Store {
         };
         fill(entries, max_entries, max_bytes, |k, _| {
             let name = String::from_utf8_lossy(k).into_owned();
+            if let Some(visible) = catalog {
+                if !visible(&name) || !self.holds_manifest(k)? {
+                    return Ok(None);
+                }
+            }
             let size = name_size(&name);
             Ok(Some((name, size)))
         })
@@ -210,6 +249,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Reference;
     use futures_util::stream;
 
     async fn put(
@@ -230,6 +270,82 @@ mod tests {
             .await
             .unwrap();
         digest
+    }
+
+    /// An empty image manifest over a `{}` config linked into `repo`; returns its bytes.
+    async fn empty_image(store: &Store, repo: &RepositoryName, note: &str) -> serde_json::Value {
+        let config = b"{}".to_vec();
+        let config_digest = Digest::sha256_of(&config);
+        store
+            .put_blob(
+                repo,
+                &config_digest,
+                stream::iter([Ok(Bytes::from(config))]),
+            )
+            .await
+            .unwrap();
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                       "digest": config_digest.to_string(), "size": 2},
+            "layers": [],
+            "annotations": {"note": note},
+        })
+    }
+
+    #[tokio::test]
+    async fn catalog_lists_only_repositories_with_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let names: Vec<RepositoryName> = ["a/b", "blobs/only", "c", "d"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let mut digests = Vec::new();
+        for repo in &names {
+            let image = empty_image(&store, repo, repo.as_str()).await;
+            if repo.as_str() != "blobs/only" {
+                digests.push(put(&store, repo, "v1", image).await);
+            }
+        }
+        // "c" loses its only manifest: back to blob links alone.
+        store
+            .delete_manifest(&names[2], &Reference::Digest(digests[1].parse().unwrap()))
+            .await
+            .unwrap();
+
+        let all = |n| {
+            store
+                .repositories_page(None, n, 1 << 20, &|_| true)
+                .unwrap()
+        };
+        assert_eq!(all(100), (vec!["a/b".into(), "d".into()], false));
+        assert_eq!(all(1), (vec!["a/b".into()], true));
+        let rest = store
+            .repositories_page(Some("a/b"), 1, 1 << 20, &|_| true)
+            .unwrap();
+        assert_eq!(rest, (vec!["d".into()], false));
+        // The store's own listing (pruning) still sees every name.
+        assert_eq!(
+            store.list_repositories(None, None).unwrap(),
+            vec!["a/b", "blobs/only", "c", "d"]
+        );
+        assert!(store.repository_exists(&names[1]).unwrap());
+
+        // An untagged manifest is enough to be listed.
+        let image = serde_json::to_vec(&empty_image(&store, &names[1], "untagged").await).unwrap();
+        let digest = Digest::sha256_of(&image);
+        store
+            .put_manifest(
+                &names[1],
+                &Reference::Digest(digest),
+                Some("application/vnd.oci.image.manifest.v1+json"),
+                Bytes::from(image),
+            )
+            .await
+            .unwrap();
+        assert_eq!(all(100).0, vec!["a/b", "blobs/only", "d"]);
     }
 
     #[tokio::test]

@@ -20,6 +20,9 @@ pub(super) struct Trees {
     /// [`media_type_code`]; empty in stores written before media types were per repository,
     /// meaning the [`ManifestRecord`]'s)
     pub manifest_links: sled::Tree,
+    /// repo\0alias → the digest a manifest is stored under: the second name (a `sha512`
+    /// digest) a manifest was put or mirrored by, see [`super::aliases`]
+    pub manifest_aliases: sled::Tree,
     /// repo\0tag → digest
     pub tags: sled::Tree,
     /// repo\0subject\0referrer → referrer descriptor JSON
@@ -39,6 +42,7 @@ impl Trees {
             blob_links: db.open_tree("blob_links")?,
             manifests: db.open_tree("manifests")?,
             manifest_links: db.open_tree("manifest_links")?,
+            manifest_aliases: db.open_tree("manifest_aliases")?,
             tags: db.open_tree("tags")?,
             referrers: db.open_tree("referrers")?,
             uploads: db.open_tree("uploads")?,

@@ -61,11 +61,9 @@ impl Store {
             .transpose()
     }
 
+    /// Whether `repo` holds the manifest `digest` names (by its own digest or an alias).
     pub fn has_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
-        Ok(self
-            .trees
-            .manifest_links
-            .contains_key(key2(repo.as_str(), &digest.to_string()))?)
+        Ok(self.manifest_link(repo, digest)?.is_some())
     }
 
     pub fn manifest_by_digest(
@@ -122,9 +120,9 @@ impl Store {
         }
     }
 
-    /// Remove everything `repo` holds: tags, manifests, blob links and the name itself. Each
-    /// manifest leaves in its own transaction (with its change events), so a crash part-way
-    /// leaves a smaller repository that the next prune finishes.
+    /// Remove everything `repo` holds: tags, manifests, aliases, blob links and the name
+    /// itself. Each manifest leaves in its own transaction (with its change events), so a crash
+    /// part-way leaves a smaller repository that the next prune finishes.
     pub async fn delete_repository(&self, repo: &RepositoryName) -> Result<()> {
         self.delete_repository_locked(&self.locks.lock(repo), repo)?;
         self.flush().await
@@ -155,6 +153,7 @@ impl Store {
             batch.remove(key?);
         }
         self.trees.tags.apply_batch(batch)?;
+        self.remove_aliases(repo)?;
         self.trees.repos.remove(repo.as_str())?;
         Ok(())
     }

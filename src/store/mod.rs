@@ -9,8 +9,10 @@
 //! tag still points where it did, whether an upload session still exists) holds the
 //! repository's lock ([`locks`]) or the session's lock across the read and its transaction.
 
+mod aliases;
 pub mod blobs;
 pub mod changes;
+pub mod children;
 mod listings;
 mod locks;
 mod metadata;
@@ -28,7 +30,8 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use crate::oci::{
-    Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName, Result, Tag,
+    Algorithm, Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName,
+    Result, Tag,
 };
 pub use blobs::BlobFiles;
 use locks::{RepoGuard, RepoLocks};
@@ -36,7 +39,8 @@ use metadata::{key2, key3, ManifestRecord, Trees};
 pub use metadata::{ChangeAction, ChangeEvent};
 pub use uploads::{UploadId, UploadStatus};
 
-/// A manifest as stored: its digest, media type and exact bytes.
+/// A manifest as stored: its digest (the one it was asked for by: a tag's target, or the digest
+/// or alias given), media type and exact bytes.
 #[derive(Debug, Clone)]
 pub struct StoredManifest {
     pub digest: Digest,
@@ -47,6 +51,7 @@ pub struct StoredManifest {
 /// Result of a manifest put.
 #[derive(Debug, Clone)]
 pub struct PutManifest {
+    /// The digest it was put by (its sha256 when put by tag).
     pub digest: Digest,
     pub subject: Option<Digest>,
 }
@@ -252,7 +257,8 @@ impl Store {
 
     // ---- manifests ---------------------------------------------------------------------------
 
-    /// Resolve `reference` in `repo` to its stored manifest.
+    /// Resolve `reference` in `repo` to its stored manifest (a digest may be an alias, see
+    /// [`aliases`]).
     pub fn get_manifest(
         &self,
         repo: &RepositoryName,
@@ -269,15 +275,13 @@ impl Store {
             }
             Reference::Digest(d) => d.clone(),
         };
-        let link = self
-            .trees
-            .manifest_links
-            .get(key2(repo.as_str(), &digest.to_string()))?
+        let (stored, link) = self
+            .manifest_link(repo, &digest)?
             .ok_or_else(|| manifest_unknown(reference))?;
         let record = self
             .trees
             .manifests
-            .get(digest.to_string())?
+            .get(stored.to_string())?
             .ok_or_else(|| manifest_unknown(reference))?;
         let record = ManifestRecord::decode(&record)?;
         // The media type this repository was given; the record's for links made before media
@@ -329,13 +333,18 @@ impl Store {
         require_children: bool,
     ) -> Result<PutManifest> {
         let parsed = ParsedManifest::parse(content_type, &bytes)?;
-        let digest = match reference {
-            Reference::Digest(expected) => {
-                let actual = Digest::of(expected.algorithm(), &bytes);
-                verify_digest(expected, &actual)?;
-                actual
+        // Stored under its sha256; a digest of another algorithm, once verified, is an alias.
+        let digest = Digest::sha256_of(&bytes);
+        let alias = match reference {
+            Reference::Digest(expected) if expected.algorithm() == Algorithm::Sha256 => {
+                verify_digest(expected, &digest)?;
+                None
             }
-            Reference::Tag(_) => Digest::sha256_of(&bytes),
+            Reference::Digest(expected) => {
+                verify_digest(expected, &Digest::of(expected.algorithm(), &bytes))?;
+                Some(expected.to_string())
+            }
+            Reference::Tag(_) => None,
         };
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
@@ -361,8 +370,8 @@ impl Store {
         let media_code = [metadata::media_type_code(parsed.media_type)];
         let guard = self.locks.lock(repo);
         let t = &self.trees;
-        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.tags, &t.referrers, &t.changes)
-            .transaction(|(repos, blob_links, manifests, manifest_links, tags, referrers, changes)| {
+        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes)
+            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes)| {
                 for blob in &parsed.blobs {
                     if blob_links.get(key2(repo.as_str(), &blob.to_string()))?.is_none() {
                         return abort(Error::new(
@@ -373,7 +382,7 @@ impl Store {
                     }
                 }
                 for child in parsed.children.iter().filter(|_| require_children) {
-                    if manifest_links.get(key2(repo.as_str(), &child.to_string()))?.is_none() {
+                    if !aliases::linked_in(manifest_links, aliases, repo, &child.to_string())? {
                         return abort(Error::new(
                             ErrorCode::ManifestChildUnknown,
                             format!("manifest {child} referenced by the index is not in repository {repo}"),
@@ -385,6 +394,9 @@ impl Store {
                 manifests.insert(digest_str.as_bytes(), record.as_slice())?;
                 let link_key = key2(repo.as_str(), &digest_str);
                 let new_in_repo = manifest_links.insert(link_key, &media_code)?.is_none();
+                if let Some(alias) = &alias {
+                    aliases.insert(key2(repo.as_str(), alias), digest_str.as_bytes())?;
+                }
                 if let Some((key, descriptor)) = &referrer {
                     referrers.insert(key.as_slice(), descriptor.as_slice())?;
                 }
@@ -414,7 +426,10 @@ impl Store {
         drop(guard);
         self.flush().await?;
         Ok(PutManifest {
-            digest,
+            digest: match reference {
+                Reference::Digest(given) => given.clone(),
+                Reference::Tag(_) => digest,
+            },
             subject: parsed.subject,
         })
     }
@@ -473,6 +488,10 @@ impl Store {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<()> {
+        // By an alias: the manifest it names.
+        let digest = &self
+            .linked_digest(repo, digest)?
+            .unwrap_or_else(|| digest.clone());
         let digest_str = digest.to_string();
         let stored = self.get_manifest(repo, &Reference::Digest(digest.clone()))?;
         let subject = ParsedManifest::parse(Some(stored.media_type.as_str()), &stored.bytes)

@@ -4,8 +4,10 @@
 //! [`client`] talks to the parent, [`select`] says what is wanted, [`schedule`] says when,
 //! [`engine`] does one pass or applies one change event, and [`run`] loops: a full reconcile at
 //! start, then the parent's change feed (long-poll) or, against a plain OCI parent, a reconcile
-//! every few seconds — never outside a window.
+//! every few seconds — never outside a window. [`activation`] announces a named child to a
+//! connected-registry parent before it syncs, and reports its status there.
 
+pub mod activation;
 pub mod client;
 pub mod engine;
 pub mod run;

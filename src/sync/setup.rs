@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::activation;
 use super::client::{ParentClient, ParentOptions, SyncError};
 use super::engine::{PassSummary, SyncEngine, Trigger};
 use super::schedule::{parse_bandwidth, parse_message_ttl, Schedule};
 use super::select::Selection;
-use crate::config::{ConfigError, ParentConfig};
+use crate::config::{ConfigError, Mode, ParentConfig};
 use crate::status::StatusHandle;
 use crate::store::Store;
 
@@ -102,17 +103,39 @@ pub async fn run_once(engine: &SyncEngine) -> Result<PassSummary, SyncError> {
     result
 }
 
-/// Start the sync loop of a node with a parent; it stops when `shutdown` turns true.
+/// Start the sync loop of a node with a parent; it stops when `shutdown` turns true. A node
+/// with a `name` activates at the parent first and then reports its status there
+/// ([`super::activation`]).
 pub fn spawn(
     parent: &ParentConfig,
+    node: Option<(String, Mode)>,
     store: Arc<Store>,
     status: StatusHandle,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, SetupError> {
     let (engine, schedule) = build(parent, store, status.clone())?;
     status.update(|s| {
         s.parent.get_or_insert_with(Default::default).endpoint = parent.endpoint.clone();
         s.sync.state = Some("Pending".into());
     });
-    Ok(tokio::spawn(super::run::run(engine, schedule, shutdown)))
+    Ok(tokio::spawn(async move {
+        let mut reporter = None;
+        if let Some((name, mode)) = node {
+            match activation::activate(&engine, &name, mode.as_str(), &mut shutdown).await {
+                activation::Activated::Stopped => return,
+                activation::Activated::NotApplicable => {}
+                activation::Activated::Yes => {
+                    reporter = Some(activation::spawn_reporter(
+                        engine.clone(),
+                        name,
+                        shutdown.clone(),
+                    ));
+                }
+            }
+        }
+        super::run::run(engine, schedule, shutdown).await;
+        if let Some(reporter) = reporter {
+            let _ = reporter.await;
+        }
+    }))
 }

@@ -6,6 +6,9 @@ usage: oras_client.py HOST MODE WORKDIR
                  into WORKDIR/pulled.
   MODE=chunked:  push WORKDIR/big.bin with do_chunked=True, chunk_size=1 MiB to <repo>:chunked,
                  then pull it into WORKDIR/pulled.
+  MODE=simple:   push WORKDIR/deployment.json to <repo>:v1 and pull it into WORKDIR/pulled; a
+                 refused request prints {"error": status, "body": text} instead of failing.
+With ORAS_USER and ORAS_PASSWORD set, the client logs in with them (Basic at the token realm).
 The repository is read from WORKDIR/repo. Prints one JSON object with what the SDK saw.
 """
 
@@ -19,6 +22,8 @@ import oras.oci
 host, mode, work = sys.argv[1], sys.argv[2], sys.argv[3]
 repo = open(os.path.join(work, "repo")).read().strip()
 client = oras.client.OrasClient(hostname=host, insecure=True)
+if os.environ.get("ORAS_USER"):
+    client.auth.set_basic_auth(os.environ["ORAS_USER"], os.environ["ORAS_PASSWORD"])
 # oras resolves relative paths against the working directory.
 os.chdir(work)
 out = {"version": oras.__version__}
@@ -74,6 +79,21 @@ elif mode == "chunked":
         )
     )
     out["pulled"] = client.pull(target=ref, outdir="pulled")
+elif mode == "simple":
+    ref = f"{host}/{repo}:v1"
+    try:
+        resp = client.push(
+            target=ref,
+            files=["deployment.json:application/vnd.example.deployment+json"],
+            disable_path_validation=True,
+        )
+        out["artifact"] = pushed(resp)
+    except Exception as e:  # the SDK raises on a refused request
+        out["push_error"] = str(e)
+    try:
+        out["pulled"] = client.pull(target=ref, outdir="pulled")
+    except Exception as e:
+        out["pull_error"] = str(e)
 else:
     sys.exit(f"unknown mode {mode}")
 

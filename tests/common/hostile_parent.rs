@@ -34,6 +34,8 @@ pub enum Behavior {
     EndlessPages,
     /// Accept the connection and never answer.
     Hang,
+    /// `307 Temporary Redirect` to this location.
+    Redirect(String),
 }
 
 struct Rule {
@@ -64,6 +66,9 @@ struct Content {
     /// digest → (media type, bytes).
     manifests: HashMap<String, (String, Arc<Vec<u8>>)>,
     blobs: HashMap<String, Arc<Vec<u8>>>,
+    /// sha256 of a manifest → the name it is announced by (`Docker-Content-Digest`) and served
+    /// under besides its sha256.
+    names: HashMap<String, String>,
     /// subject digest → referrer descriptors; `None` map entry = no referrers API.
     referrers: Option<HashMap<String, Vec<serde_json::Value>>>,
 }
@@ -159,6 +164,17 @@ impl HostileParent {
             .blobs
             .insert(digest.clone(), Arc::new(bytes.to_vec()));
         digest
+    }
+
+    /// Announce the manifest `digest` (a sha256) as `name` in `Docker-Content-Digest` and serve
+    /// it under that name too: its true sha512, or a lie.
+    pub fn name_manifest(&self, digest: &str, name: &str) {
+        self.shared
+            .content
+            .lock()
+            .unwrap()
+            .names
+            .insert(digest.to_owned(), name.to_owned());
     }
 
     /// Point `repo:tag` at `digest`.
@@ -358,6 +374,10 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             let a = Answer::error(code, "HOSTILE");
             write_answer(&mut stream, &method, a, None, None)
         }
+        Some(Behavior::Redirect(location)) => {
+            let a = Answer::new(307, Vec::new()).header("Location", &location);
+            write_answer(&mut stream, &method, a, None, None)
+        }
         Some(Behavior::Hang) => {
             std::thread::sleep(Duration::from_secs(3600));
             Ok(())
@@ -496,7 +516,12 @@ fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> 
         let repo = &rest[..i];
         let reference = &rest[i + "/manifests/".len()..];
         let digest = if reference.contains(':') {
-            Some(reference.to_owned())
+            let named = c.names.iter().find(|(_, name)| name.as_str() == reference);
+            Some(
+                named
+                    .map_or(reference, |(digest, _)| digest.as_str())
+                    .to_owned(),
+            )
         } else {
             c.tags.get(repo).and_then(|t| t.get(reference)).cloned()
         };
@@ -505,7 +530,10 @@ fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> 
                 status: 200,
                 headers: vec![
                     ("Content-Type".into(), media_type),
-                    ("Docker-Content-Digest".into(), digest),
+                    (
+                        "Docker-Content-Digest".into(),
+                        c.names.get(&digest).cloned().unwrap_or(digest),
+                    ),
                 ],
                 body: bytes,
                 start: 0,

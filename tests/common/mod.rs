@@ -265,6 +265,9 @@ impl Registry {
     }
 }
 
+pub mod clients;
+pub mod credentials;
+pub mod hostile_child;
 pub mod hostile_parent;
 pub mod peers;
 pub mod proxy;

@@ -12,7 +12,7 @@ use super::{
     parse_reference, pull_scope, repository, unexpected, ParentClient, RemoteManifest, Req,
     SyncError, DOCKER_CONTENT_DIGEST, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
 };
-use crate::oci::{Algorithm, Digest, Reference};
+use crate::oci::{Digest, Reference};
 
 impl ParentClient {
     /// `HEAD` a manifest: its digest, or `None` if it does not exist.
@@ -37,11 +37,11 @@ impl ParentClient {
             return Ok(Some(digest.clone()));
         }
         match header_digest(&f.headers) {
-            Some(digest) if digest.algorithm() == Algorithm::Sha256 => Ok(Some(digest)),
-            // No (usable) sha256 Docker-Content-Digest: fetch the bytes and hash them (a tag here
-            // is always known by the sha256 of its manifest, so comparing a sha512 would see a
-            // change on every poll).
-            _ => Ok(self
+            // Any algorithm: the sync engine compares a sha512 with the alias the store keeps
+            // for it, and the manifest is fetched (and verified) by this digest when it changed.
+            Some(digest) => Ok(Some(digest)),
+            // No usable Docker-Content-Digest: fetch the bytes and hash them.
+            None => Ok(self
                 .get_manifest(repo.as_str(), &reference.to_string())
                 .await?
                 .map(|m| m.digest)),

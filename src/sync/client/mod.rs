@@ -15,6 +15,7 @@ mod auth;
 mod body;
 mod download;
 mod feed;
+mod gateway;
 mod listing;
 mod manifests;
 
@@ -37,6 +38,7 @@ use download::Limiter;
 
 pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
 pub use feed::ChangesPage;
+pub use gateway::GatewayAnswer;
 pub use listing::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +190,8 @@ struct Req {
     headers: HeaderMap,
     /// How long to wait for the response headers.
     wait: Duration,
+    /// A small body sent whole with each attempt (node-to-node JSON); blobs never go here.
+    body: Option<Bytes>,
 }
 
 impl Req {
@@ -198,7 +202,15 @@ impl Req {
             scope: scope.into(),
             headers: HeaderMap::new(),
             wait: IDLE_TIMEOUT,
+            body: None,
         }
+    }
+
+    /// Send `value` as the JSON body.
+    fn json(mut self, value: &impl serde::Serialize) -> Req {
+        let bytes = serde_json::to_vec(value).expect("plain values serialise");
+        self.body = Some(Bytes::from(bytes));
+        self.header(header::CONTENT_TYPE, "application/json")
     }
 
     fn header(mut self, name: header::HeaderName, value: &str) -> Req {
@@ -354,6 +366,9 @@ impl ParentClient {
                 .http
                 .request(req.method.clone(), req.url.clone())
                 .headers(req.headers.clone());
+            if let Some(body) = &req.body {
+                builder = builder.body(body.clone());
+            }
             builder = match auth {
                 Auth::Bearer(token) => builder.bearer_auth(token),
                 Auth::Basic => match &self.credentials {
@@ -379,13 +394,12 @@ impl ParentClient {
                         // Name the request that failed: after a redirect, that is the target.
                         let target = e
                             .url()
-                            .map(|u| format!("{} {}", req.method, u))
+                            .map(|u| describe_url(&req.method, u))
                             .unwrap_or_else(|| req.describe());
-                        let mut plain = e.without_url();
-                        if let Some(u) = plain.url_mut() {
-                            u.set_query(None);
-                        }
-                        return Err(SyncError::Protocol(format!("{target}: {}", chain(&plain))));
+                        return Err(SyncError::Protocol(format!(
+                            "{target}: {}",
+                            chain(&e.without_url())
+                        )));
                     }
                     Ok(Err(e)) => (chain(&e), None, false),
                     Err(_) => (
@@ -431,6 +445,17 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// `GET scheme://host:port/path` for a URL the parent redirected to: no credentials, no query
+/// (a signed storage URL carries its signature there), no fragment.
+fn describe_url(method: &Method, url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    format!("{method} {url}")
 }
 
 fn repository(repo: &str) -> Result<RepositoryName, SyncError> {
@@ -526,6 +551,16 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
         }
         assert!(backoff(100) <= BACKOFF_CAP);
+    }
+
+    #[test]
+    fn redirect_targets_are_named_without_secrets() {
+        let url = Url::parse("https://u:pw@storage.example:8443/b/blob?X-Amz-Signature=s3cret#f")
+            .unwrap();
+        assert_eq!(
+            describe_url(&Method::GET, &url),
+            "GET https://storage.example:8443/b/blob"
+        );
     }
 
     /// The sync engine shares one client between tasks and spawns its futures.

@@ -323,7 +323,10 @@ impl SyncEngine {
             },
         };
         let local = self.store.tag_digest(repo, tag)?;
-        if local.as_ref() == Some(&remote) {
+        // A parent's sha512 is compared through the alias recorded when the manifest was
+        // stored (after verifying that digest), so an unchanged tag is not fetched again.
+        let remote_here = self.store.linked_digest(repo, &remote)?;
+        if local.is_some() && local == remote_here {
             // A pass checks the referrers of every tag; a feed event need not (referrers pushed
             // later arrive as events of their own).
             if from_event {

@@ -1,0 +1,4 @@
+//! The smaller subcommands, kept out of `main.rs` so it stays wiring.
+
+pub mod remote;
+pub mod token;

@@ -1,0 +1,234 @@
+//! Parents and children, with the real binary on both sides: a named child activates at its
+//! parent with its sync token, a second instance of the name is refused (and keeps serving)
+//! until `connected-registry deactivate`, a clean shutdown frees the name, the parent lists its
+//! children (`status --children`), and a ReadOnly parent refuses a ReadWrite child.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::credentials::{basic, create_token, error_code, send_as, SecuredNode};
+use common::peers::{detail_codes, get, poll_every, status, wait_until, Node};
+use common::BIN;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// The root's list of children, as `admin` sees it.
+fn children(root: &SecuredNode, admin: &str) -> Value {
+    let r = send_as(
+        Method::GET,
+        &root.base(),
+        "/acr/connected-registry/v1/registries",
+        Some(admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn child_entry(list: &Value, name: &str) -> Option<Value> {
+    list["registries"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+}
+
+fn child_config(root: &SecuredNode, password: &str) -> Value {
+    json!({
+        "name": "factorya",
+        "parent": {
+            "endpoint": root.base(),
+            "syncToken": {"name": "factorya", "password": password},
+            "sync": {"repositories": ["apps/*"]}
+        }
+    })
+}
+
+#[test]
+fn one_instance_per_name_deactivate_and_the_parents_view_of_its_children() {
+    let (mut sync_pw, mut admin_pw) = (String::new(), String::new());
+    let root = SecuredNode::start(json!({"name": "rootnode"}), |config| {
+        sync_pw = create_token(
+            config,
+            "factorya",
+            &[
+                "--gateway",
+                "factorya",
+                "config/read",
+                "config/write",
+                "message/read",
+                "--repository",
+                "apps/*",
+                "content/read",
+                "metadata/read",
+            ],
+        );
+        admin_pw = create_token(
+            config,
+            "admin",
+            &[
+                "--gateway",
+                "*",
+                "config/read",
+                "config/write",
+                "--repository",
+                "*",
+                "content/write",
+                "content/read",
+            ],
+        );
+    });
+    let admin = basic("admin", &admin_pw);
+
+    // The first instance activates and reports its status.
+    let mut first = Node::with_config(child_config(&root, &sync_pw));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            child_entry(&children(&root, &admin), "factorya").is_some_and(|c| {
+                c["activation"]["status"] == "Active" && c["connectionState"] != "Offline"
+            })
+        }),
+        "first instance not listed as active: {}",
+        children(&root, &admin)
+    );
+    assert_eq!(status(&first.base())["activation"]["status"], "Active");
+
+    // Killed (no clean shutdown): the name stays held, and a second instance is refused but
+    // serves what it has and says why.
+    first.kill9();
+    let second = Node::with_config(child_config(&root, &sync_pw));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let s = status(&second.base());
+            s["sync"]["state"] == "NotActivated"
+                && detail_codes(&s).contains(&"ALREADY_ACTIVATED".to_owned())
+        }),
+        "second instance not refused: {}",
+        status(&second.base())
+    );
+    let s = status(&second.base());
+    assert_eq!(s["activation"]["status"], "Inactive");
+    assert_eq!(
+        get(&second.base(), "/v2/").status,
+        200,
+        "a refused child still serves"
+    );
+
+    // `connected-registry deactivate` at the parent lets the second instance in on its next try.
+    let out = Command::new(BIN)
+        .args(["deactivate", "factorya", "--url", &root.base(), "--user"])
+        .arg(format!("admin:{admin_pw}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("factorya deactivated"));
+    assert!(
+        poll_every(Duration::from_millis(500), Duration::from_secs(60), || {
+            status(&second.base())["activation"]["status"] == "Active"
+        }),
+        "second instance never activated: {}",
+        status(&second.base())
+    );
+
+    // `status --children` prints the az-style table.
+    let out = Command::new(BIN)
+        .args(["status", "--children", "--url", &root.base(), "--user"])
+        .arg(format!("admin:{admin_pw}"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = table.lines().next().unwrap_or("");
+    for column in [
+        "NAME",
+        "MODE",
+        "CONNECTION STATE",
+        "PARENT",
+        "LOGIN SERVER",
+        "LAST SYNC (UTC)",
+    ] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("factorya"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("ReadOnly") && row.contains("rootnode") && row.contains("Active"),
+        "{table}"
+    );
+
+    // A clean shutdown deactivates: the parent lists the name Inactive.
+    let mut second = second;
+    second.terminate();
+    assert!(wait_until(Duration::from_secs(10), || {
+        child_entry(&children(&root, &admin), "factorya").is_some_and(|c| {
+            c["activation"]["status"] == "Inactive" && c["connectionState"] == "Offline"
+        })
+    }));
+
+    // A sync token speaks only for its own registry.
+    let sync = basic("factorya", &sync_pw);
+    let r = send_as(
+        Method::POST,
+        &root.base(),
+        "/acr/connected-registry/v1/registries/otherchild/activate",
+        Some(&sync),
+        Some(br#"{"instanceId":"x","mode":"ReadOnly"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(error_code(&r), "DENIED");
+}
+
+#[test]
+fn a_read_only_parent_refuses_a_read_write_child() {
+    let mut pw = String::new();
+    let root = SecuredNode::start(json!({"name": "rootnode", "mode": "ReadOnly"}), |config| {
+        pw = create_token(
+            config,
+            "childb",
+            &["--gateway", "childb", "config/write", "message/read"],
+        );
+    });
+    let r = send_as(
+        Method::POST,
+        &root.base(),
+        "/acr/connected-registry/v1/registries/childb/activate",
+        Some(&basic("childb", &pw)),
+        Some(br#"{"instanceId":"i1","mode":"ReadWrite","version":"0.1.0"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(error_code(&r), "MODE_INCOMPATIBLE");
+    let r = send_as(
+        Method::POST,
+        &root.base(),
+        "/acr/connected-registry/v1/registries/childb/activate",
+        Some(&basic("childb", &pw)),
+        Some(br#"{"instanceId":"i1","mode":"ReadOnly","version":"0.1.0"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send_as(
+        Method::POST,
+        &root.base(),
+        "/acr/connected-registry/v1/registries/childb/activate",
+        Some(&basic("childb", &pw)),
+        Some(br#"{"instanceId":"i2","mode":"ReadOnly"}"#.to_vec()),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(error_code(&r), "ALREADY_ACTIVATED");
+    assert!(
+        r.text().contains("connected-registry deactivate childb"),
+        "{}",
+        r.text()
+    );
+}
