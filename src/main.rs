@@ -41,6 +41,9 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Let another instance of child NAME activate at this (parent) node.
     Deactivate(cli::remote::DeactivateArgs),
+    /// On a parent: the settings (connection string) a child NAME starts from, creating its
+    /// sync token the first time.
+    GetSettings(cli::settings::GetSettingsArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sync(args) => sync_once(args),
         Command::Token(command) => cli::token::run(command),
         Command::Deactivate(args) => cli::remote::deactivate(args),
+        Command::GetSettings(args) => cli::settings::run(args),
     }
 }
 
@@ -147,6 +151,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    // ACR's container variables (ACR_REGISTRY_CONNECTION_STRING, …) fill what the file leaves out.
+    config::bootstrap::apply_environment(&mut config, |k| std::env::var(k).ok())?;
     if let Some(listen) = args.listen {
         config.listen = Some(listen.to_string());
     }
@@ -184,6 +190,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir = %data_dir.display(),
             version = env!("CARGO_PKG_VERSION"),
             "registry listening"
+        );
+        // A ReadWrite child records its clients' pushes and deletes for the parent.
+        store.set_upstream(
+            config.parent.is_some() && config.effective_mode() == config::Mode::ReadWrite,
         );
         let status = StatusHandle::new(initial_status(&config, addr));
         let loopback = addr.ip().is_loopback();

@@ -98,10 +98,16 @@ pub(super) fn check(identity: &Identity, need: &Need<'_>) -> Result<()> {
                     "the bearer token does not cover {}: fetch one that does",
                     need.describe()
                 ),
-                None => format!(
-                    "authentication required: {} needs credentials",
-                    need.describe()
-                ),
+                None => match need {
+                    Need::Authenticated | Need::Nothing => {
+                        "authentication required: log in with a token's name and password"
+                            .to_owned()
+                    }
+                    _ => format!(
+                        "authentication required: {} needs credentials",
+                        need.describe()
+                    ),
+                },
             },
         )),
         Decision::Denied => Err(Error::new(

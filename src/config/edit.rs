@@ -38,6 +38,8 @@ pub enum TokenEdit<'a> {
     Add(TokenKind, &'a TokenConfig),
     Remove(&'a str),
     SetStatus(&'a str, TokenStatus),
+    /// A new password hash (a password rotated by `get-settings --generate-password`).
+    SetPasswordHash(&'a str, &'a str),
 }
 
 /// Apply `edit` to the configuration file at `path` (created if missing). Fails, leaving the
@@ -71,7 +73,11 @@ pub fn edit_tokens(path: &Path, edit: TokenEdit<'_>) -> anyhow::Result<()> {
                 path.display()
             )
         }
-        TokenEdit::Remove(name) | TokenEdit::SetStatus(name, _) if !exists(name) => {
+        TokenEdit::Remove(name)
+        | TokenEdit::SetStatus(name, _)
+        | TokenEdit::SetPasswordHash(name, _)
+            if !exists(name) =>
+        {
             bail!("no token named {name:?} in {}", path.display())
         }
         _ => {}
@@ -108,7 +114,9 @@ fn edit_json(text: &str, edit: &TokenEdit<'_>) -> anyhow::Result<String> {
                 .with_context(|| format!("`{}` is not a list", kind.field()))?
                 .push(serde_json::to_value(token)?);
         }
-        TokenEdit::Remove(name) | TokenEdit::SetStatus(name, _) => {
+        TokenEdit::Remove(name)
+        | TokenEdit::SetStatus(name, _)
+        | TokenEdit::SetPasswordHash(name, _) => {
             for kind in [TokenKind::Client, TokenKind::Sync] {
                 let Some(list) = root.get_mut(kind.field()).and_then(|l| l.as_array_mut()) else {
                     continue;
@@ -122,6 +130,9 @@ fn edit_json(text: &str, edit: &TokenEdit<'_>) -> anyhow::Result<String> {
                     }
                     (Some(i), TokenEdit::SetStatus(_, status)) => {
                         list[i]["status"] = serde_json::to_value(status)?;
+                    }
+                    (Some(i), TokenEdit::SetPasswordHash(_, hash)) => {
+                        list[i]["passwordHash"] = serde_json::Value::from(*hash);
                     }
                     _ => {}
                 }
@@ -155,7 +166,9 @@ fn edit_toml(text: &str, edit: &TokenEdit<'_>) -> anyhow::Result<String> {
                 _ => bail!("`{}` is not a list of tokens", kind.field()),
             }
         }
-        TokenEdit::Remove(name) | TokenEdit::SetStatus(name, _) => {
+        TokenEdit::Remove(name)
+        | TokenEdit::SetStatus(name, _)
+        | TokenEdit::SetPasswordHash(name, _) => {
             for kind in [TokenKind::Client, TokenKind::Sync] {
                 let Some(item) = doc.get_mut(kind.field()) else {
                     continue;
@@ -169,6 +182,11 @@ fn edit_toml(text: &str, edit: &TokenEdit<'_>) -> anyhow::Result<String> {
                         (Some(i), TokenEdit::SetStatus(_, status)) => {
                             if let Some(t) = list.get_mut(i) {
                                 t["status"] = value(status_str(*status));
+                            }
+                        }
+                        (Some(i), TokenEdit::SetPasswordHash(_, hash)) => {
+                            if let Some(t) = list.get_mut(i) {
+                                t["passwordHash"] = value(*hash);
                             }
                         }
                         _ => {}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod bootstrap;
 pub mod edit;
 mod limits;
 pub mod tokens;
@@ -205,12 +206,6 @@ impl Config {
         self.listen_addr()?;
         if let Some(parent) = &self.parent {
             parent.validate()?;
-            if self.mode == Some(Mode::ReadWrite) {
-                return Err(ConfigError::Invalid {
-                    field: "mode",
-                    rule: "ReadWrite needs upstream push, which is not available yet; a node with a parent is ReadOnly".to_owned(),
-                });
-            }
         }
         if let Some(level) = &self.logging {
             tracing_filter(&level.level)?;

@@ -26,6 +26,9 @@ pub struct Status {
     pub login_server: LoginServer,
     pub parent: Option<ParentStatus>,
     pub sync: SyncStatus,
+    /// A ReadWrite node's outbox toward its parent (absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStatus>,
     pub storage: StorageStatus,
     pub status_details: Vec<StatusDetail>,
 }
@@ -84,6 +87,15 @@ pub struct Progress {
 pub struct Count {
     pub done: u64,
     pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamStatus {
+    /// Local pushes and deletes not yet replayed at the parent.
+    pub pending: u64,
+    pub oldest_pending_since: Option<DateTime<Utc>>,
+    pub last_push_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

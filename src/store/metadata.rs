@@ -33,6 +33,8 @@ pub(super) struct Trees {
     pub changes: sled::Tree,
     /// sync state key → value (the change-feed cursor, …)
     pub sync_state: sled::Tree,
+    /// sequence (u64 BE) → [`super::outbox::OutboxEntry`] JSON: local changes for the parent
+    pub outbox: sled::Tree,
 }
 
 impl Trees {
@@ -48,6 +50,7 @@ impl Trees {
             uploads: db.open_tree("uploads")?,
             changes: db.open_tree("changes")?,
             sync_state: db.open_tree("sync_state")?,
+            outbox: db.open_tree("outbox")?,
         })
     }
 }

@@ -102,7 +102,11 @@ impl Store {
             if expected.is_some_and(|e| *e != current) {
                 return Ok(false);
             }
-            self.delete_tag_locked(&guard, repo, &tag)?;
+            // A local push of this tag still on its way to the parent is not undone.
+            if self.outbox_holds(repo.as_str(), Some(tag.as_str()), None)? {
+                return Ok(false);
+            }
+            self.delete_tag_locked(&guard, repo, &tag, false)?;
         }
         self.flush().await?;
         Ok(true)
@@ -110,8 +114,11 @@ impl Store {
 
     /// Remove a manifest from `repo` if it is there.
     pub async fn remove_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        if self.outbox_holds(repo.as_str(), None, Some(&digest.to_string()))? {
+            return Ok(false);
+        }
         match self
-            .delete_manifest(repo, &Reference::Digest(digest.clone()))
+            .delete_manifest_from(repo, &Reference::Digest(digest.clone()), false)
             .await
         {
             Ok(()) => Ok(true),
@@ -129,6 +136,10 @@ impl Store {
     }
 
     fn delete_repository_locked(&self, guard: &RepoGuard, repo: &RepositoryName) -> Result<()> {
+        // Local pushes still on their way to the parent keep the repository until they are up.
+        if self.outbox_has_repository(repo.as_str())? {
+            return Ok(());
+        }
         let prefix = key2(repo.as_str(), "");
         let mut manifests = Vec::new();
         for key in self.trees.manifest_links.scan_prefix(&prefix).keys() {
@@ -137,7 +148,7 @@ impl Store {
             }
         }
         for digest in manifests {
-            match self.delete_manifest_digest_locked(guard, repo, &digest) {
+            match self.delete_manifest_digest_locked(guard, repo, &digest, false) {
                 Ok(()) => {}
                 Err(e) if e.code() == ErrorCode::ManifestUnknown => {}
                 Err(e) => return Err(e),

@@ -17,6 +17,7 @@ mod listings;
 mod locks;
 mod metadata;
 mod mirror;
+pub mod outbox;
 pub mod sweep;
 mod uploads;
 
@@ -66,6 +67,8 @@ pub struct Store {
     locks: RepoLocks,
     /// Sequence number of the newest durable change event; long-polls wait on it.
     last_change: tokio::sync::watch::Sender<u64>,
+    /// Local pushes and deletes are recorded in the outbox for the parent (see [`outbox`]).
+    upstream: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -98,6 +101,7 @@ impl Store {
             uploads: uploads::Sessions::new(root)?,
             locks: RepoLocks::new(),
             last_change: tokio::sync::watch::Sender::new(newest),
+            upstream: std::sync::atomic::AtomicBool::new(false),
         };
         let removed = store.files.clean_temp()?;
         let (stale_files, stale_records) = store.reconcile_uploads()?;
@@ -307,7 +311,8 @@ impl Store {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifest> {
-        self.put_manifest_inner(repo, reference, content_type, bytes, true)
+        let upstream = self.records_upstream();
+        self.put_manifest_inner(repo, reference, content_type, bytes, true, upstream)
             .await
     }
 
@@ -320,7 +325,7 @@ impl Store {
         media_type: &str,
         bytes: Bytes,
     ) -> Result<PutManifest> {
-        self.put_manifest_inner(repo, reference, Some(media_type), bytes, false)
+        self.put_manifest_inner(repo, reference, Some(media_type), bytes, false, false)
             .await
     }
 
@@ -331,6 +336,8 @@ impl Store {
         content_type: Option<&str>,
         bytes: Bytes,
         require_children: bool,
+        // A client's push on a ReadWrite node: recorded in the outbox for the parent.
+        upstream: bool,
     ) -> Result<PutManifest> {
         let parsed = ParsedManifest::parse(content_type, &bytes)?;
         // Stored under its sha256; a digest of another algorithm, once verified, is an alias.
@@ -346,7 +353,7 @@ impl Store {
             }
             Reference::Tag(_) => None,
         };
-        let tag = match reference {
+        let mut tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
         };
@@ -369,9 +376,17 @@ impl Store {
 
         let media_code = [metadata::media_type_code(parsed.media_type)];
         let guard = self.locks.lock(repo);
+        // Mirrored content never moves a tag a local push has not yet taken upstream.
+        if !upstream {
+            if let Some(t) = &tag {
+                if self.outbox_holds(repo.as_str(), Some(t.as_str()), None)? {
+                    tag = None;
+                }
+            }
+        }
         let t = &self.trees;
-        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes)
-            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes)| {
+        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes, &t.outbox)
+            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes, outbox_tree)| {
                 for blob in &parsed.blobs {
                     if blob_links.get(key2(repo.as_str(), &blob.to_string()))?.is_none() {
                         return abort(Error::new(
@@ -404,12 +419,21 @@ impl Store {
                 if new_in_repo {
                     events.push((ChangeAction::Push, tag.as_ref().map(|t| t.to_string())));
                 }
+                let mut previous_digest = None;
                 if let Some(tag) = &tag {
                     let previous = tags.insert(key2(repo.as_str(), tag.as_str()), digest_str.as_bytes())?;
                     let moved = previous.as_deref() != Some(digest_str.as_bytes());
                     if moved && !new_in_repo {
                         events.push((ChangeAction::Tag, Some(tag.to_string())));
                     }
+                    previous_digest = previous.map(|p| String::from_utf8_lossy(&p).into_owned());
+                }
+                if upstream {
+                    outbox::record(outbox_tree, repo, outbox::OutboxOp::Push {
+                        digest: digest_str.clone(),
+                        tag: tag.as_ref().map(|t| t.to_string()),
+                        previous: previous_digest,
+                    })?;
                 }
                 for (action, tag) in events {
                     metadata::record_change(
@@ -441,12 +465,24 @@ impl Store {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<()> {
+        self.delete_manifest_from(repo, reference, self.records_upstream())
+            .await
+    }
+
+    /// [`Store::delete_manifest`], recorded in the outbox when `upstream` (a client's delete on
+    /// a ReadWrite node) or not (sync mirroring the parent).
+    async fn delete_manifest_from(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        upstream: bool,
+    ) -> Result<()> {
         {
             let guard = self.locks.lock(repo);
             match reference {
-                Reference::Tag(tag) => self.delete_tag_locked(&guard, repo, tag)?,
+                Reference::Tag(tag) => self.delete_tag_locked(&guard, repo, tag, upstream)?,
                 Reference::Digest(digest) => {
-                    self.delete_manifest_digest_locked(&guard, repo, digest)?
+                    self.delete_manifest_digest_locked(&guard, repo, digest, upstream)?
                 }
             }
         }
@@ -458,14 +494,25 @@ impl Store {
         _guard: &RepoGuard,
         repo: &RepositoryName,
         tag: &Tag,
+        upstream: bool,
     ) -> Result<()> {
         let t = &self.trees;
         let key = key2(repo.as_str(), tag.as_str());
-        (&t.tags, &t.changes).transaction(|(tags, changes)| {
+        (&t.tags, &t.changes, &t.outbox).transaction(|(tags, changes, outbox_tree)| {
             let Some(target) = tags.remove(key.as_slice())? else {
                 return abort(manifest_unknown(&Reference::Tag(tag.clone())));
             };
             let digest = String::from_utf8_lossy(&target).into_owned();
+            if upstream {
+                outbox::record(
+                    outbox_tree,
+                    repo,
+                    outbox::OutboxOp::Untag {
+                        tag: tag.to_string(),
+                        digest: digest.clone(),
+                    },
+                )?;
+            }
             metadata::record_change(
                 changes,
                 repo,
@@ -487,6 +534,7 @@ impl Store {
         _guard: &RepoGuard,
         repo: &RepositoryName,
         digest: &Digest,
+        upstream: bool,
     ) -> Result<()> {
         // By an alias: the manifest it names.
         let digest = &self
@@ -507,8 +555,14 @@ impl Store {
             }
         }
         let t = &self.trees;
-        (&t.manifest_links, &t.tags, &t.referrers, &t.changes).transaction(
-            |(manifest_links, tags, referrers, changes)| {
+        (
+            &t.manifest_links,
+            &t.tags,
+            &t.referrers,
+            &t.changes,
+            &t.outbox,
+        )
+            .transaction(|(manifest_links, tags, referrers, changes, outbox_tree)| {
                 if manifest_links
                     .remove(key2(repo.as_str(), &digest_str))?
                     .is_none()
@@ -537,9 +591,17 @@ impl Store {
                     &digest_str,
                     None,
                 )?;
+                if upstream {
+                    outbox::record(
+                        outbox_tree,
+                        repo,
+                        outbox::OutboxOp::Delete {
+                            digest: digest_str.clone(),
+                        },
+                    )?;
+                }
                 Ok(())
-            },
-        )?;
+            })?;
         Ok(())
     }
 }

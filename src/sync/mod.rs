@@ -5,7 +5,8 @@
 //! [`engine`] does one pass or applies one change event, and [`run`] loops: a full reconcile at
 //! start, then the parent's change feed (long-poll) or, against a plain OCI parent, a reconcile
 //! every few seconds — never outside a window. [`activation`] announces a named child to a
-//! connected-registry parent before it syncs, and reports its status there.
+//! connected-registry parent before it syncs, and reports its status there. [`upstream`]
+//! replays a ReadWrite node's local pushes and deletes at the parent.
 
 pub mod activation;
 pub mod client;
@@ -14,5 +15,6 @@ pub mod run;
 pub mod schedule;
 pub mod select;
 pub mod setup;
+pub mod upstream;
 
 pub use engine::{PassSummary, SyncEngine, Trigger};

@@ -120,6 +120,13 @@ pub fn spawn(
     });
     Ok(tokio::spawn(async move {
         let mut reporter = None;
+        let read_write = node
+            .as_ref()
+            .is_some_and(|(_, mode)| *mode == Mode::ReadWrite);
+        if read_write {
+            // What waits in the outbox shows before the parent is reached.
+            super::upstream::report(&engine);
+        }
         if let Some((name, mode)) = node {
             match activation::activate(&engine, &name, mode.as_str(), &mut shutdown).await {
                 activation::Activated::Stopped => return,
@@ -133,9 +140,13 @@ pub fn spawn(
                 }
             }
         }
+        let pusher = read_write.then(|| super::upstream::spawn(engine.clone(), shutdown.clone()));
         super::run::run(engine, schedule, shutdown).await;
         if let Some(reporter) = reporter {
             let _ = reporter.await;
+        }
+        if let Some(pusher) = pusher {
+            let _ = pusher.await;
         }
     }))
 }

@@ -53,6 +53,7 @@ pub struct Registry {
     pub data_dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -64,6 +65,11 @@ impl Registry {
     }
 
     pub fn start_with(extra_args: &[&str]) -> Registry {
+        Self::start_with_env(extra_args, &[])
+    }
+
+    /// Start with extra arguments and environment variables (ACR's container variables).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Registry {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().join("data");
         let mut r = Registry {
@@ -71,6 +77,10 @@ impl Registry {
             data_dir,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: tmp.path().join("registry.log"),
             _tmp: Some(tmp),
         };
@@ -91,6 +101,7 @@ impl Registry {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "connected_registry=debug")
             .stdout(Stdio::null())
             .stderr(log)

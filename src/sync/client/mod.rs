@@ -18,6 +18,7 @@ mod feed;
 mod gateway;
 mod listing;
 mod manifests;
+mod upload;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -190,8 +191,11 @@ struct Req {
     headers: HeaderMap,
     /// How long to wait for the response headers.
     wait: Duration,
-    /// A small body sent whole with each attempt (node-to-node JSON); blobs never go here.
+    /// A small body sent whole with each attempt (node-to-node JSON, a manifest); blobs
+    /// never go here.
     body: Option<Bytes>,
+    /// A blob body: this file (of this many bytes), streamed afresh for each attempt.
+    file_body: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Req {
@@ -203,6 +207,7 @@ impl Req {
             headers: HeaderMap::new(),
             wait: IDLE_TIMEOUT,
             body: None,
+            file_body: None,
         }
     }
 
@@ -368,6 +373,11 @@ impl ParentClient {
                 .headers(req.headers.clone());
             if let Some(body) = &req.body {
                 builder = builder.body(body.clone());
+            }
+            if let Some((path, size)) = &req.file_body {
+                builder = builder
+                    .header(header::CONTENT_LENGTH, size.to_string())
+                    .body(upload::file_body(path).await?);
             }
             builder = match auth {
                 Auth::Bearer(token) => builder.bearer_auth(token),

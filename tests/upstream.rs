@@ -1,0 +1,274 @@
+//! ReadWrite nodes push upstream, with the real binary at every layer: a push at a grandchild
+//! reaches the root through a ReadWrite middle node (with sync tokens at each level); the outbox
+//! survives a parent outage and a kill -9 of the child and drains when the parent is back; and a
+//! tag moved at the parent while a local push waited follows the documented rule (the parent
+//! wins, the local manifest stays pullable by digest, the conflict is in `statusDetails`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::credentials::{basic, create_token, send_as, SecuredNode};
+use common::peers::{
+    assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_until,
+    Image, Node,
+};
+use common::Registry;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn image(seed: u64) -> Image {
+    Image::new(
+        "linux/amd64",
+        &[random_bytes(seed, 20_000), random_bytes(seed + 1000, 5000)],
+    )
+}
+
+const SYNC_ACTIONS: &[&str] = &[
+    "--repository",
+    "apps/*",
+    "content/read",
+    "content/write",
+    "content/delete",
+    "metadata/read",
+];
+
+fn sync_token_args(child: &str) -> Vec<&str> {
+    let mut args = vec![
+        "--gateway",
+        child,
+        "config/read",
+        "config/write",
+        "message/read",
+    ];
+    args.extend_from_slice(SYNC_ACTIONS);
+    args
+}
+
+fn upstream(node_base: &str) -> Value {
+    status(node_base)["upstream"].clone()
+}
+
+/// The `upstream` status of a node that requires credentials.
+fn upstream_as(node_base: &str, authorization: &str) -> Value {
+    let r = send_as(
+        Method::GET,
+        node_base,
+        "/acr/connected-registry/v1/status",
+        Some(authorization),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["upstream"].clone()
+}
+
+#[test]
+fn a_push_at_a_grandchild_reaches_the_root_through_a_read_write_middle() {
+    let (mut middle_pw, mut admin_pw) = (String::new(), String::new());
+    let root = SecuredNode::start(json!({"name": "rootnode"}), |config| {
+        middle_pw = create_token(config, "middle1", &sync_token_args("middle1"));
+        admin_pw = create_token(
+            config,
+            "admin",
+            &["--repository", "*", "content/read", "metadata/read"],
+        );
+    });
+    let mut lower_pw = String::new();
+    let middle = SecuredNode::start(
+        json!({
+            "name": "middle1", "mode": "ReadWrite",
+            "parent": {
+                "endpoint": root.base(),
+                "syncToken": {"name": "middle1", "password": middle_pw},
+                "sync": {"repositories": ["apps/*"]}
+            }
+        }),
+        |config| lower_pw = create_token(config, "lower1", &sync_token_args("lower1")),
+    );
+    let lower = Node::with_config(json!({
+        "name": "lower1", "mode": "ReadWrite",
+        "parent": {
+            "endpoint": middle.base(),
+            "syncToken": {"name": "lower1", "password": lower_pw},
+            "sync": {"repositories": ["apps/*"]}
+        }
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &lower.base()
+    )["activation"]["status"]
+        == "Active"));
+
+    // A client pushes at the bottom (a loopback node without client tokens is open).
+    let pushed = image(1);
+    push_image(&lower.base(), "apps/web", "v1", &pushed);
+    let admin = basic("admin", &admin_pw);
+    let at_root = || {
+        let r = send_as(
+            Method::GET,
+            &root.base(),
+            "/v2/apps/web/manifests/v1",
+            Some(&admin),
+            None,
+        );
+        (r.status == 200).then(|| common::sha256(&r.body))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || at_root()
+            == Some(pushed.digest.clone())),
+        "the push never reached the root; lower: {}; middle: {}",
+        status(&lower.base()),
+        middle
+            .reg
+            .log_text()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every blob arrived whole at the root.
+    for blob in &pushed.blobs {
+        let r = send_as(
+            Method::GET,
+            &root.base(),
+            &format!("/v2/apps/web/blobs/{}", blob.digest),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(common::sha256(&r.body), blob.digest);
+    }
+    assert!(wait_until(Duration::from_secs(10), || upstream(
+        &lower.base()
+    )["pending"]
+        == 0));
+    assert!(upstream(&lower.base())["lastPushTime"].is_string());
+    let lower_creds = basic("lower1", &lower_pw);
+    assert!(wait_until(Duration::from_secs(10), || upstream_as(
+        &middle.base(),
+        &lower_creds
+    )["pending"]
+        == 0));
+}
+
+#[test]
+fn the_outbox_survives_a_parent_outage_and_a_kill_9_then_drains() {
+    let mut root = Registry::start();
+    let mut child = Node::with_config(json!({
+        "name": "shipnode1", "mode": "ReadWrite",
+        "parent": {"endpoint": root.url(""), "sync": {"repositories": ["apps/*"]}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &child.base()
+    )["activation"]["status"]
+        == "Active"));
+
+    // The parent goes away; pushes and a delete at the child queue up.
+    root.kill9();
+    let (a, b, c) = (image(10), image(20), image(30));
+    push_image(&child.base(), "apps/a", "v1", &a);
+    push_image(&child.base(), "apps/b", "v1", &b);
+    push_image(&child.base(), "apps/b", "v2", &c);
+    let r = send_as(
+        Method::DELETE,
+        &child.base(),
+        &format!("/v2/apps/b/manifests/{}", c.digest),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 202);
+    assert!(wait_until(Duration::from_secs(10), || upstream(
+        &child.base()
+    )["pending"]
+        == 4));
+    assert!(upstream(&child.base())["oldestPendingSince"].is_string());
+
+    // kill -9 the child with a full outbox; it comes back with every entry.
+    child.kill9();
+    child.restart();
+    assert_eq!(
+        upstream(&child.base())["pending"],
+        4,
+        "the outbox survived the kill"
+    );
+    // Local content is served throughout.
+    assert_serves(&child.base(), "apps/a", "v1", &a, None);
+
+    // The parent comes back: everything arrives, in order (v2 pushed then deleted).
+    root.restart();
+    assert!(
+        wait_until(Duration::from_secs(60), || upstream(&child.base())
+            ["pending"]
+            == 0),
+        "outbox never drained: {}",
+        status(&child.base())
+    );
+    assert_serves(&root.url(""), "apps/a", "v1", &a, None);
+    assert_serves(&root.url(""), "apps/b", "v1", &b, None);
+    assert_eq!(
+        manifest_digest(&root.url(""), "apps/b", "v2"),
+        None,
+        "v2 was deleted here"
+    );
+    assert_eq!(manifest_digest(&root.url(""), "apps/b", &c.digest), None);
+}
+
+#[test]
+fn a_tag_moved_at_the_parent_while_a_push_waited_the_parent_wins_and_nothing_is_lost() {
+    let mut root = Registry::start();
+    let (base_image, local, remote) = (image(40), image(50), image(60));
+    push_image(&root.url(""), "apps/web", "v1", &base_image);
+    let mut child = Node::with_config(json!({
+        "name": "shipnode2", "mode": "ReadWrite",
+        "parent": {"endpoint": root.url(""), "sync": {"repositories": ["apps/*"]}}
+    }));
+    assert!(wait_until(Duration::from_secs(30), || {
+        manifest_digest(&child.base(), "apps/web", "v1") == Some(base_image.digest.clone())
+    }));
+
+    // Offline, the child moves v1 to `local`; it is killed before it can push.
+    root.kill9();
+    push_image(&child.base(), "apps/web", "v1", &local);
+    child.kill9();
+    // Meanwhile at the parent someone moves v1 to `remote`.
+    root.restart();
+    push_image(&root.url(""), "apps/web", "v1", &remote);
+    child.restart();
+
+    assert!(
+        wait_until(Duration::from_secs(60), || upstream(&child.base())
+            ["pending"]
+            == 0
+            && detail_codes(&status(&child.base()))
+                .contains(&"UpstreamConflict".to_owned())),
+        "no conflict reported: {}",
+        status(&child.base())
+    );
+    // The parent's tag stayed; the local manifest reached the parent by digest and stays here.
+    assert_eq!(
+        manifest_digest(&root.url(""), "apps/web", "v1"),
+        Some(remote.digest.clone())
+    );
+    assert_eq!(
+        manifest_digest(&root.url(""), "apps/web", &local.digest),
+        Some(local.digest.clone())
+    );
+    assert!(wait_until(Duration::from_secs(30), || {
+        manifest_digest(&child.base(), "apps/web", "v1") == Some(remote.digest.clone())
+    }));
+    assert_serves(&child.base(), "apps/web", &local.digest, &local, None);
+    let detail = status(&child.base())["statusDetails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["code"] == "UpstreamConflict")
+        .cloned()
+        .unwrap();
+    let text = detail["description"].as_str().unwrap();
+    assert!(
+        text.contains("apps/web:v1")
+            && text.contains(&remote.digest)
+            && text.contains(&local.digest),
+        "{text}"
+    );
+}
