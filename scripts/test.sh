@@ -18,3 +18,4 @@ python3 -c 'import oras' 2>/dev/null || pip install -q oras==0.2.43
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
 cargo test --release -- --test-threads=2
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh

@@ -5,6 +5,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod oci;
 pub mod server;
 pub mod status;

@@ -1302,3 +1302,25 @@ fn a_child_node_is_a_read_only_mirror() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`mode`"));
 }
+
+/// A reference that is neither a tag nor a digest names no manifest: 404 `MANIFEST_UNKNOWN`
+/// (as distribution answers and the OCI conformance tests expect), for GET and HEAD.
+#[test]
+fn an_invalid_manifest_reference_is_unknown_not_bad() {
+    let reg = Registry::start();
+    let c = client();
+    for reference in [
+        ".INVALID_MANIFEST_NAME",
+        "sha256:short",
+        "-dash-first",
+        &"t".repeat(200),
+    ] {
+        let url = reg.url(&format!("/v2/x/manifests/{reference}"));
+        assert_error(
+            c.get(&url).send().unwrap(),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        );
+        assert_eq!(c.head(&url).send().unwrap().status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -781,3 +781,63 @@ fn real_clients_log_in_push_and_pull() {
         "a password in the log"
     );
 }
+
+/// One token may have at most 32 upload bodies in flight; the 33rd is refused with 429 naming
+/// the limit, another token is not affected, and the slots come back when the bodies end.
+#[test]
+fn concurrent_uploads_are_limited_per_token() {
+    use std::io::Write;
+    let (mut ci, mut other) = (String::new(), String::new());
+    let node = SecuredNode::start(json!({}), |config| {
+        ci = create_token(
+            config,
+            "ci",
+            &["--repository", "apps/*", "content/write", "content/read"],
+        );
+        other = create_token(
+            config,
+            "other",
+            &["--repository", "apps/*", "content/write", "content/read"],
+        );
+    });
+    let ci_auth = basic("ci", &ci);
+    let digest = common::sha256(b"never sent whole");
+    let stalled: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(node.reg.host()).unwrap();
+            write!(
+                s,
+                "POST /v2/apps/stall/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nAuthorization: {ci_auth}\r\nContent-Length: 1000\r\n\r\npartial"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    let small = |auth: &str| {
+        let body = b"small blob".to_vec();
+        let path = format!(
+            "/v2/apps/ok/blobs/uploads/?digest={}",
+            common::sha256(&body)
+        );
+        send_as(Method::POST, &node.base(), &path, Some(auth), Some(body))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || small(&ci_auth).status == 429),
+        "the 33rd upload of one token was not refused"
+    );
+    let r = small(&ci_auth);
+    assert!(
+        error_message(&r).contains("32 uploads in progress"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        small(&basic("other", &other)).status,
+        201,
+        "another token is not affected"
+    );
+    drop(stalled);
+    assert!(wait_until(Duration::from_secs(10), || small(&ci_auth)
+        .status
+        == 201));
+}

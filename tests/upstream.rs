@@ -272,3 +272,57 @@ fn a_tag_moved_at_the_parent_while_a_push_waited_the_parent_wins_and_nothing_is_
         "{text}"
     );
 }
+
+/// The Docker engine pushes at a grandchild; the image is pulled with `docker pull` at the root
+/// (through two ReadWrite layers), with the digest docker reported at push.
+#[test]
+fn docker_push_at_a_grandchild_docker_pull_at_the_root() {
+    use common::clients::{busybox_bytes, tar, unique, DockerImages};
+    use common::{require, run};
+    use std::process::Command;
+
+    let docker = require("docker");
+    let root = Registry::start();
+    let middle = Node::with_config(json!({
+        "name": "middle2", "mode": "ReadWrite",
+        "parent": {"endpoint": root.url(""), "sync": {"repositories": ["apps/*"]}}
+    }));
+    let lower = Node::with_config(json!({
+        "name": "lower2", "mode": "ReadWrite",
+        "parent": {"endpoint": middle.base(), "sync": {"repositories": ["apps/*"]}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &lower.base()
+    )["activation"]["status"]
+        == "Active"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tar(tmp.path(), &[("bin/busybox", &busybox_bytes(), 0o755)]);
+    std::fs::write(tmp.path().join("rootfs.tar"), &rootfs).unwrap();
+    let repo = format!("apps/{}", unique("up"));
+    let at_lower = format!("{}/{repo}:1", lower.host());
+    let at_root = format!("{}/{repo}:1", root.host());
+    let _cleanup = DockerImages(vec![at_lower.clone(), at_root.clone()]);
+    run(Command::new(&docker)
+        .arg("import")
+        .arg(tmp.path().join("rootfs.tar"))
+        .arg(&at_lower));
+    let push = run(Command::new(&docker).args(["push", &at_lower]));
+    let pushed = push
+        .lines()
+        .find_map(|l| l.strip_prefix("1: digest: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in docker push output:\n{push}"))
+        .to_owned();
+    assert!(
+        wait_until(Duration::from_secs(30), || manifest_digest(
+            &root.url(""),
+            &repo,
+            "1"
+        ) == Some(pushed.clone())),
+        "never reached the root: {}",
+        status(&lower.base())
+    );
+    let pull = run(Command::new(&docker).args(["pull", &at_root]));
+    assert!(pull.contains(&pushed), "docker pull at the root: {pull}");
+}

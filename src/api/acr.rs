@@ -39,7 +39,7 @@ const USAGE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// The endpoints this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AcrRoute<'a> {
+pub(crate) enum AcrRoute<'a> {
     Changes,
     Status,
     /// `GET registries`: the children.
@@ -52,7 +52,7 @@ pub(super) enum AcrRoute<'a> {
 impl<'a> AcrRoute<'a> {
     /// The route for `path`, or `None` when the path is not one of these endpoints (other
     /// `/acr/…` endpoints are routed elsewhere).
-    pub(super) fn parse(path: &'a str) -> Option<AcrRoute<'a>> {
+    pub(crate) fn parse(path: &'a str) -> Option<AcrRoute<'a>> {
         let rest = path.strip_prefix(PREFIX)?.trim_end_matches('/');
         match rest {
             "changes" => return Some(AcrRoute::Changes),
@@ -183,7 +183,7 @@ async fn status(api: &Api) -> Result<Reply> {
 
 /// The integer query parameter `key`, if given, refused with a 400 naming it and its range
 /// unless it is an integer within `range`.
-fn number(
+pub(crate) fn number(
     q: &[(String, String)],
     key: &str,
     range: std::ops::RangeInclusive<u64>,

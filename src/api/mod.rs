@@ -11,6 +11,7 @@ mod blobs;
 pub mod children;
 mod listings;
 mod manifests;
+mod quota;
 pub mod response;
 pub mod route;
 mod token;
@@ -48,6 +49,8 @@ pub struct Api {
     auth: Arc<Authenticator>,
     realm: Realm,
     children: children::ChildReports,
+    /// Upload bodies in flight per token.
+    uploads: quota::UploadSlots,
     /// A request body that sends nothing for this long is cut.
     body_idle_timeout: Duration,
 }
@@ -71,6 +74,7 @@ impl Api {
             },
             body_idle_timeout: Limits::default().body_idle_timeout,
             children: children::ChildReports::default(),
+            uploads: quota::UploadSlots::default(),
         }
     }
 
@@ -167,6 +171,14 @@ impl Api {
                 "this node is in ReadOnly mode: pushes and deletes are refused (push to its parent instead)",
             ));
         }
+        // Upload bodies in flight are limited per token.
+        let _upload_slot = match (&route, &method, identity.name()) {
+            (Route::UploadStart { .. }, &Method::POST, Some(name))
+            | (Route::Upload { .. }, &Method::PATCH | &Method::PUT, Some(name)) => {
+                Some(self.uploads.take(&format!("token {name:?}"))?)
+            }
+            _ => None,
+        };
         let store = &self.store;
         match (route, &method) {
             (Route::Base, &Method::GET | &Method::HEAD) => {

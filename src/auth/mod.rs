@@ -418,7 +418,7 @@ fn unauthorized(message: impl Into<String>) -> Error {
 }
 
 /// `name:password` from Basic credentials.
-fn decode_basic(credentials: &str) -> Result<(String, String)> {
+pub(crate) fn decode_basic(credentials: &str) -> Result<(String, String)> {
     let bad = || unauthorized("malformed Basic credentials");
     if credentials.len() > 4096 {
         return Err(bad());

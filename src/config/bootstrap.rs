@@ -89,7 +89,8 @@ fn short(s: &str) -> &str {
     // Never echo a whole part: it may hold the password.
     match s.split_once('=') {
         Some((key, _)) => key,
-        None => &s[..s.len().min(20)],
+        // At most 20 characters, cut on a character boundary.
+        None => s.char_indices().nth(20).map_or(s, |(i, _)| &s[..i]),
     }
 }
 
@@ -161,6 +162,22 @@ mod tests {
         assert_eq!(parent.sync_token.unwrap().password, "s3cr3t=x");
         assert_eq!(parent.sync.repositories, ["**"]);
         assert_eq!(config.login_server.as_deref(), Some("10.0.0.5:8080"));
+    }
+
+    /// Found by `cargo fuzz` (fuzz/fuzz_targets/connection_string.rs): a part without `=`
+    /// whose 20th byte falls inside a multi-byte character panicked while naming it.
+    #[test]
+    fn a_part_cut_inside_a_character_is_named_without_panicking() {
+        for pad in 0..3 {
+            // A part of "x"s then "é"s: for one of the paddings byte 20 is inside an "é".
+            let text = format!(
+                "ConnectedRegistryName=a;{}{}",
+                "x".repeat(pad),
+                "\u{e9}".repeat(15)
+            );
+            let e = ConnectionString::parse(&text).unwrap_err().to_string();
+            assert!(e.contains("is not Key=Value"), "{e}");
+        }
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl ParentClient {
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Challenge {
+pub(crate) struct Challenge {
     scheme: String,
     /// Parameter names lowercased, values unquoted.
     params: Vec<(String, String)>,
@@ -194,7 +194,7 @@ fn bearer_challenge(headers: &HeaderMap) -> Option<Challenge> {
 /// Parse a `WWW-Authenticate` value (RFC 9110 §11.6.1): one or more challenges, each a scheme
 /// and comma-separated `name=value` parameters, values as tokens or quoted strings (which may
 /// hold commas, as docker scopes do).
-fn parse_challenges(value: &str) -> Vec<Challenge> {
+pub(crate) fn parse_challenges(value: &str) -> Vec<Challenge> {
     let chars: Vec<char> = value.chars().collect();
     let mut p = Cursor { s: &chars, i: 0 };
     let mut out = Vec::new();

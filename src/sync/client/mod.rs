@@ -37,6 +37,8 @@ use auth::{Auth, CachedToken};
 use body::{read_body, read_whole, BodyError};
 use download::Limiter;
 
+#[doc(hidden)]
+pub(crate) use auth::parse_challenges;
 pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
 pub use feed::ChangesPage;
 pub use gateway::GatewayAnswer;
