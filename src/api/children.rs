@@ -26,7 +26,7 @@ use crate::status::Status;
 use crate::store::children::{ActivationRefused, ChildRecord};
 
 /// A child that has not reported its status for this long is listed `Offline` (it reports
-/// every [`crate::sync::activation::STATUS_INTERVAL`]).
+/// every 30 s, see `sync::activation`).
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(120);
 /// The largest status document a child may push.
 const MAX_STATUS_BYTES: usize = 256 * 1024;

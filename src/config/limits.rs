@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::schedule::parse_iso_duration;
 use super::ConfigError;
-use crate::sync::schedule::parse_iso_duration;
 
 /// The `limits` section as written (ISO-8601 durations, like the rest of the schema).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

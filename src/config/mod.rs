@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub mod bootstrap;
 pub mod edit;
 mod limits;
+pub mod schedule;
+pub mod select;
 pub mod tokens;
 pub mod watch;
 pub use limits::{open_files_limit, Limits, LimitsConfig};
@@ -275,15 +277,15 @@ impl ParentConfig {
             );
         }
         let sync = &self.sync;
-        crate::sync::schedule::Schedule::parse(&sync.schedule, sync.window.as_deref())?;
-        crate::sync::schedule::parse_message_ttl(&sync.message_ttl)?;
+        schedule::Schedule::parse(&sync.schedule, sync.window.as_deref())?;
+        schedule::parse_message_ttl(&sync.message_ttl)?;
         if sync.repositories.is_empty() {
             return invalid(
                 "parent.sync.repositories",
                 "name at least one repository or pattern to sync".to_owned(),
             );
         }
-        crate::sync::select::Selection::new(sync)?;
+        select::Selection::new(sync)?;
         if !(1..=64).contains(&sync.concurrency) {
             return invalid(
                 "parent.sync.concurrency",
@@ -291,7 +293,7 @@ impl ParentConfig {
             );
         }
         if let Some(limit) = &sync.bandwidth_limit {
-            crate::sync::schedule::parse_bandwidth(limit)?;
+            schedule::parse_bandwidth(limit)?;
         }
         Ok(())
     }

@@ -12,9 +12,9 @@ pub mod activation;
 pub mod client;
 pub mod engine;
 pub mod run;
-pub mod schedule;
-pub mod select;
 pub mod setup;
 pub mod upstream;
 
 pub use engine::{PassSummary, SyncEngine, Trigger};
+// When and what to sync are parsed with the configuration, which owns them.
+pub use crate::config::{schedule, select};
