@@ -156,8 +156,8 @@ fn invalid_names_in_the_catalog_are_reported() {
     assert_eq!(parent.count("Bad_Name"), 0, "{:#?}", parent.requests());
 }
 
-/// A blob redirected to another scheme, or to another host that redirects in a loop, was
-/// reported with the parent's path (`GET /v2/<repo>/blobs/…`) instead of where it failed (and
+/// A blob redirected to another scheme, to another host that redirects in a loop, or to a host
+/// that refuses connections was reported with the parent's path (`GET /v2/<repo>/blobs/…`) instead of where it failed (and
 /// with the target's query, which may carry a signature). Now each is reported with the
 /// target's URL and no query, and only its tag fails.
 #[test]
@@ -165,6 +165,7 @@ fn redirects_elsewhere_are_reported_with_their_target() {
     let parent = HostileParent::start();
     let other = HostileParent::start();
     let looping = format!("{}/storage/loop", other.endpoint());
+    let closed = common::free_port();
     other.on("/storage/loop", Behavior::Redirect(looping.clone()));
     let cases = [
         (
@@ -179,6 +180,13 @@ fn redirects_elsewhere_are_reported_with_their_target() {
             format!("GET {looping}"),
             "ProtocolError",
         ),
+        (
+            // A storage host that refuses connections: the transfer fails (not the parent).
+            "crefused",
+            format!("http://127.0.0.1:{closed}/bucket/layer?sig=s3cret"),
+            format!("GET http://127.0.0.1:{closed}/bucket/layer"),
+            "TransferFailed",
+        ),
     ];
     for (i, (repo, to, _, _)) in cases.iter().enumerate() {
         let img = image(1241 + i as u64, 2000);
@@ -192,7 +200,7 @@ fn redirects_elsewhere_are_reported_with_their_target() {
     let good = image(1249, 2000);
     parent.add_image("good", "v1", &good);
 
-    let child = child_of(&parent, &["ascheme", "bloop", "good"]);
+    let child = child_of(&parent, &["ascheme", "bloop", "crefused", "good"]);
     wait_serves(&child, "good", "v1", &good, 2 * MINUTE);
     for (repo, _, target, code) in &cases {
         let detail = wait_detail(&child, code, target, 2 * MINUTE);

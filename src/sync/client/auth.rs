@@ -24,6 +24,8 @@ pub(super) enum Auth<'a> {
     /// Basic with the sync token, when there is one.
     Basic,
     Bearer(&'a str),
+    /// Nothing: a redirect target on another host never sees the sync token.
+    Anonymous,
 }
 
 impl ParentClient {

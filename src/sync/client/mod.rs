@@ -133,6 +133,8 @@ const ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Longest delay between two attempts (also the cap on a parent's `Retry-After`).
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Redirects followed per request.
+const MAX_REDIRECTS: usize = 5;
 /// Largest manifest accepted (distribution's own limit is 4 MiB too).
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Largest JSON document accepted outside listings (a feed page, an error body).
@@ -184,7 +186,8 @@ impl fmt::Debug for ParentClient {
     }
 }
 
-/// One request, kept whole so it can be sent again (retries, authentication).
+/// One request, kept whole so it can be sent again (retries, authentication, redirects).
+#[derive(Clone)]
 struct Req {
     method: Method,
     url: Url,
@@ -254,7 +257,7 @@ impl ParentClient {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(30))
             .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("connected-registry/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = options.ca_pem.as_deref().filter(|p| !p.trim().is_empty()) {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
@@ -366,6 +369,60 @@ impl ParentClient {
     /// One request, tried again with backoff and jitter on connection errors, timeouts, 5xx
     /// and 429. Other statuses are the caller's business.
     async fn send_retrying(&self, req: &Req, auth: Auth<'_>) -> Result<Response, SyncError> {
+        // Redirects are followed here, not by the HTTP client, so that a failure is reported
+        // with the URL where it happened and the sync token never leaves the parent's origin.
+        let mut current = std::borrow::Cow::Borrowed(req);
+        let mut seen = vec![req.url.clone()];
+        loop {
+            // The request's own URL (the parent, or the realm it named) gets the credentials;
+            // a redirect to another origin does not.
+            let same_origin = current.url.origin() == req.url.origin();
+            let auth = if same_origin { auth } else { Auth::Anonymous };
+            let resp = self.send_one(&current, auth, same_origin).await?;
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let (true, Some(location)) = (resp.status().is_redirection(), location) else {
+                return Ok(resp);
+            };
+            let here = describe_url(&current.method, &current.url);
+            let target = current.url.join(&location).map_err(|e| {
+                SyncError::Protocol(format!("{here}: invalid redirect Location: {e}"))
+            })?;
+            let there = describe_url(&current.method, &target);
+            if !matches!(target.scheme(), "http" | "https") {
+                return Err(SyncError::Protocol(format!(
+                    "{there}: redirect to an unsupported scheme"
+                )));
+            }
+            if seen.contains(&target) || seen.len() > MAX_REDIRECTS {
+                return Err(SyncError::Protocol(format!(
+                    "{there}: too many redirects (or a redirect loop)"
+                )));
+            }
+            seen.push(target.clone());
+            let mut next = current.into_owned();
+            next.url = target;
+            if resp.status() == StatusCode::SEE_OTHER && next.method != Method::HEAD {
+                next.method = Method::GET;
+                next.body = None;
+                next.file_body = None;
+            }
+            current = std::borrow::Cow::Owned(next);
+        }
+    }
+
+    /// One request (no redirects followed), tried again with backoff and jitter on connection
+    /// errors, timeouts, 5xx and 429. `at_parent`: the URL is on the parent's origin (else a
+    /// failure is the transfer's, not the parent's).
+    async fn send_one(
+        &self,
+        req: &Req,
+        auth: Auth<'_>,
+        at_parent: bool,
+    ) -> Result<Response, SyncError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -387,6 +444,7 @@ impl ParentClient {
                     Some((user, password)) => builder.basic_auth(user, Some(password)),
                     None => builder,
                 },
+                Auth::Anonymous => builder,
             };
             self.requests.fetch_add(1, Ordering::Relaxed);
             let (why, retry_after, answered) =
@@ -413,7 +471,9 @@ impl ParentClient {
                             chain(&e.without_url())
                         )));
                     }
-                    Ok(Err(e)) => (chain(&e), None, false),
+                    // Without the URL: a redirect target's query may carry a signature, and
+                    // the request is named (without it) in the message anyway.
+                    Ok(Err(e)) => (chain(&e.without_url()), None, false),
                     Err(_) => (
                         format!("no answer within {}s", req.wait.as_secs()),
                         None,
@@ -421,12 +481,16 @@ impl ParentClient {
                     ),
                 };
             if attempt >= ATTEMPTS {
-                let message = format!(
-                    "{} {}: {why} (after {attempt} attempts)",
-                    self.base,
-                    req.describe()
-                );
-                return Err(if answered {
+                let what = if at_parent {
+                    format!("{} {}", self.base, req.describe())
+                } else {
+                    describe_url(&req.method, &req.url)
+                };
+                let message = format!("{what}: {why} (after {attempt} attempts)");
+                return Err(if !at_parent {
+                    // The parent answered (with a redirect); where it sent us did not.
+                    SyncError::Transfer(message)
+                } else if answered {
                     SyncError::ServerError(message)
                 } else {
                     SyncError::ParentUnreachable(message)
