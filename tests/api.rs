@@ -1289,18 +1289,23 @@ fn a_child_node_is_a_read_only_mirror() {
         "MANIFEST_UNKNOWN",
     );
 
+    // A mode that does not exist is refused by name before anything starts.
     std::fs::write(
         &cfg,
-        format!(r#"{{"mode": "ReadWrite", "parent": {{"endpoint": "http://127.0.0.1:{unused}", "sync": {{"repositories": ["x"]}}}}}}"#),
+        format!(r#"{{"mode": "ReadWriteX", "parent": {{"endpoint": "http://127.0.0.1:{unused}", "sync": {{"repositories": ["x"]}}}}}}"#),
     )
     .unwrap();
     let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`mode`"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ReadWriteX") && stderr.contains("ReadOnly"),
+        "{stderr}"
+    );
 }
 
 /// A reference that is neither a tag nor a digest names no manifest: 404 `MANIFEST_UNKNOWN`
