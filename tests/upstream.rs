@@ -326,3 +326,57 @@ fn docker_push_at_a_grandchild_docker_pull_at_the_root() {
     let pull = run(Command::new(&docker).args(["pull", &at_root]));
     assert!(pull.contains(&pushed), "docker pull at the root: {pull}");
 }
+
+/// A ReadWrite child of a plain distribution parent: pushes go up as plain OCI pushes, and an
+/// untag the parent refuses for good (distribution answers 400 to a delete by tag) is reported
+/// as `UpstreamRefused` instead of blocking the outbox.
+#[test]
+fn a_distribution_parent_gets_pushes_and_a_refused_untag_does_not_block_the_outbox() {
+    use common::peers::Distribution;
+    let parent = Distribution::start();
+    let child = Node::with_config(json!({
+        "name": "shipnode3", "mode": "ReadWrite",
+        "parent": {"endpoint": parent.url(), "sync": {"repositories": ["apps/*"]}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &child.base()
+    )["activation"]["status"]
+        == "Active"));
+    let (a, b) = (image(70), image(80));
+    push_image(&child.base(), "apps/a", "v1", &a);
+    assert!(wait_until(Duration::from_secs(30), || manifest_digest(
+        &parent.url(),
+        "apps/a",
+        "v1"
+    ) == Some(
+        a.digest.clone()
+    )));
+    assert_serves(&parent.url(), "apps/a", "v1", &a, None);
+    let r = send_as(
+        Method::DELETE,
+        &child.base(),
+        "/v2/apps/a/manifests/v1",
+        None,
+        None,
+    );
+    assert_eq!(r.status, 202);
+    push_image(&child.base(), "apps/b", "v1", &b);
+    assert!(
+        wait_until(Duration::from_secs(60), || upstream(&child.base())
+            ["pending"]
+            == 0),
+        "outbox blocked: {}",
+        status(&child.base())
+    );
+    assert_serves(&parent.url(), "apps/b", "v1", &b, None);
+    assert_eq!(
+        manifest_digest(&parent.url(), "apps/a", "v1"),
+        Some(a.digest.clone()),
+        "the untag was refused there"
+    );
+    assert!(
+        detail_codes(&status(&child.base())).contains(&"UpstreamRefused".to_owned()),
+        "{}",
+        status(&child.base())
+    );
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::client::SyncError;
+use super::client::{Deleted, SyncError};
 use super::engine::SyncEngine;
 use crate::oci::manifest::ParsedManifest;
 use crate::oci::{Digest, RepositoryName};
@@ -37,9 +37,11 @@ const MAX_DEPTH: usize = 8;
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
     Pushed,
-    /// Settled by the conflict rule (or nothing left to do); the description says what, and
-    /// the tag to bring down from the parent now that the local push gave way.
-    Settled(String, Option<(RepositoryName, String)>),
+    /// Settled without doing it: by the conflict rule (`UpstreamConflict`), because the parent
+    /// refuses it for good (`UpstreamRefused`), or because nothing is left to do. The code, the
+    /// description, and the tag to bring down from the parent now that the local change gave
+    /// way.
+    Settled(&'static str, String, Option<(RepositoryName, String)>),
 }
 
 /// Replay the outbox until `shutdown`.
@@ -87,11 +89,9 @@ pub fn spawn(
                         Outcome::Pushed => {
                             tracing::info!(seq = entry.seq, repository = %entry.repository, op = ?entry.op, "pushed upstream")
                         }
-                        Outcome::Settled(what, resync) => {
-                            tracing::warn!(seq = entry.seq, %what, "upstream conflict: the parent wins");
-                            engine
-                                .status()
-                                .add_detail("Upstream", "UpstreamConflict", what);
+                        Outcome::Settled(code, what, resync) => {
+                            tracing::warn!(seq = entry.seq, code, %what, "not replayed upstream: the parent wins");
+                            engine.status().add_detail("Upstream", code, what);
                             if let Some((repo, tag)) = resync {
                                 if let Err(e) = engine.sync_tag(&repo, &tag, None).await {
                                     tracing::warn!(error = %e, "re-syncing the parent's tag failed; the next pass will");
@@ -142,6 +142,7 @@ async fn replay(engine: &SyncEngine, entry: &OutboxEntry) -> Result<Outcome, Syn
             let digest: Digest = digest.parse()?;
             if !push_tree(engine, &repo, &digest).await? {
                 return Ok(Outcome::Settled(
+                    "UpstreamSkipped",
                     format!("{repo}@{digest} was deleted here before it went upstream"),
                     None,
                 ));
@@ -153,6 +154,7 @@ async fn replay(engine: &SyncEngine, entry: &OutboxEntry) -> Result<Outcome, Syn
             if let Some(parent_now) = parent_now.filter(|p| *p != digest) {
                 if previous.as_deref() != Some(parent_now.to_string().as_str()) {
                     return Ok(Outcome::Settled(
+                        "UpstreamConflict",
                         format!(
                             "{repo}:{tag} moved at the parent to {parent_now} while a local push of {digest} waited; the parent's tag stays, {digest} is kept by digest here and at the parent"
                         ),
@@ -173,19 +175,30 @@ async fn replay(engine: &SyncEngine, entry: &OutboxEntry) -> Result<Outcome, Syn
             match client.head_manifest(repo.as_str(), tag).await? {
                 None => Ok(Outcome::Pushed),
                 Some(now) if now.to_string() == *digest => {
-                    client.delete_manifest(repo.as_str(), tag).await?;
-                    Ok(Outcome::Pushed)
+                    match client.delete_manifest(repo.as_str(), tag).await? {
+                        Deleted::Refused(why) => Ok(Outcome::Settled(
+                            "UpstreamRefused",
+                            format!("{repo}:{tag} was removed here, but the parent refuses to delete it ({why}); it stays there"),
+                            None,
+                        )),
+                        Deleted::Yes | Deleted::NotThere => Ok(Outcome::Pushed),
+                    }
                 }
                 Some(now) => Ok(Outcome::Settled(
+                    "UpstreamConflict",
                     format!("{repo}:{tag} was removed here but moved at the parent to {now}; the parent's tag stays"),
                     Some((repo.clone(), tag.clone())),
                 )),
             }
         }
-        OutboxOp::Delete { digest } => {
-            client.delete_manifest(repo.as_str(), digest).await?;
-            Ok(Outcome::Pushed)
-        }
+        OutboxOp::Delete { digest } => match client.delete_manifest(repo.as_str(), digest).await? {
+            Deleted::Refused(why) => Ok(Outcome::Settled(
+                "UpstreamRefused",
+                format!("{repo}@{digest} was deleted here, but the parent refuses to delete it ({why}); it stays there"),
+                None,
+            )),
+            Deleted::Yes | Deleted::NotThere => Ok(Outcome::Pushed),
+        },
     }
 }
 

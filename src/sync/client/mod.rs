@@ -43,6 +43,7 @@ pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
 pub use feed::ChangesPage;
 pub use gateway::GatewayAnswer;
 pub use listing::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
+pub use upload::Deleted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

@@ -12,6 +12,15 @@ use reqwest::{Method, StatusCode, Url};
 use super::{unexpected, ParentClient, Req, SyncError, MAX_JSON_BYTES};
 use crate::oci::Digest;
 
+/// How the parent answered a `DELETE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    Yes,
+    NotThere,
+    /// For good (deletes disabled there, or tag deletion unsupported), with its answer.
+    Refused(String),
+}
+
 fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
@@ -95,8 +104,8 @@ impl ParentClient {
         Ok(())
     }
 
-    /// `DELETE` a manifest by digest or tag; `false` if the parent did not have it.
-    pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<bool, SyncError> {
+    /// `DELETE` a manifest by digest or tag.
+    pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<Deleted, SyncError> {
         let req = Req::new(
             Method::DELETE,
             self.url(&format!("/v2/{repo}/manifests/{reference}"))?,
@@ -104,8 +113,13 @@ impl ParentClient {
         );
         let f = self.fetch(&req, MAX_JSON_BYTES).await?;
         match f.status {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(Deleted::Yes),
+            StatusCode::NOT_FOUND => Ok(Deleted::NotThere),
+            // Deletes disabled (distribution's default), or tags that cannot be deleted: asking
+            // again will not change the answer.
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => {
+                Ok(Deleted::Refused(unexpected(&req, &f).to_string()))
+            }
             _ => Err(unexpected(&req, &f)),
         }
     }
