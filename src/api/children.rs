@@ -57,14 +57,13 @@ struct DeactivateRequest {
 }
 
 fn valid_name(name: &str) -> Result<()> {
-    let ok = (5..=50).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ok {
+    if crate::config::is_registry_name(name) {
         Ok(())
     } else {
         Err(Error::new(
             ErrorCode::NameInvalid,
             format!(
-                "{:?} is not a connected registry name (5 to 50 letters and digits)",
+                "{:?} is not a connected registry name (5 to 40 letters and digits)",
                 super::short(name)
             ),
         ))

@@ -39,7 +39,7 @@ pub struct GetSettingsArgs {
 pub fn run(args: GetSettingsArgs) -> anyhow::Result<()> {
     let name = &args.name;
     anyhow::ensure!(
-        (5..=40).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric()),
+        connected_registry::config::is_registry_name(name),
         "{name:?} must be 5 to 40 letters and digits"
     );
     let config = if args.config.exists() {

@@ -196,9 +196,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(name) = &self.name {
-            let ok =
-                (5..=40).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric());
-            if !ok {
+            if !is_registry_name(name) {
                 return Err(ConfigError::Invalid {
                     field: "name",
                     rule: format!("{name:?} must be 5 to 40 letters and digits"),
@@ -297,6 +295,12 @@ impl ParentConfig {
         }
         Ok(())
     }
+}
+
+/// A connected registry's name: 5 to 40 letters and digits (ACR's rule), for this node, a
+/// child activating here, and `get-settings`.
+pub fn is_registry_name(name: &str) -> bool {
+    (5..=40).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Map ACR's logging levels (and tracing's own names) to a tracing filter directive.

@@ -28,6 +28,8 @@ use crate::store::outbox::{OutboxEntry, OutboxOp};
 
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(300);
+/// How often the outbox's length is counted while it drains.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often an empty outbox is looked at again without a change event.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 /// Index levels followed when pushing a manifest tree (as deep as sync accepts).
@@ -52,8 +54,9 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut changes = engine.store().watch_changes();
         let mut wait = RETRY_FIRST;
+        // When the outbox was last counted, and whether it held anything then.
+        let mut reported: Option<(tokio::time::Instant, bool)> = None;
         while !*shutdown.borrow() {
-            report(&engine);
             let entry = match engine.store().outbox_first() {
                 Ok(entry) => entry,
                 Err(e) => {
@@ -61,6 +64,13 @@ pub fn spawn(
                     None
                 }
             };
+            // Counting the outbox walks it: at most once a second while it drains, and at once
+            // whenever it turns empty or non-empty.
+            let holds = entry.is_some();
+            if reported.is_none_or(|(at, held)| held != holds || at.elapsed() >= REPORT_EVERY) {
+                report_with(&engine, entry.as_ref());
+                reported = Some((tokio::time::Instant::now(), holds));
+            }
             let Some(entry) = entry else {
                 tokio::select! {
                     _ = changes.changed() => {}
@@ -124,9 +134,17 @@ pub fn spawn(
 
 /// Put the outbox's length and age in the status.
 pub fn report(engine: &SyncEngine) {
-    let store = engine.store();
-    let pending = store.outbox_len() as u64;
-    let oldest = store.outbox_first().ok().flatten().map(|e| e.time);
+    let first = engine.store().outbox_first().ok().flatten();
+    report_with(engine, first.as_ref());
+}
+
+/// [`report`] with the outbox's oldest entry already read.
+fn report_with(engine: &SyncEngine, first: Option<&OutboxEntry>) {
+    let pending = match first {
+        Some(_) => engine.store().outbox_len() as u64,
+        None => 0,
+    };
+    let oldest = first.map(|e| e.time);
     engine.status().update(|s| {
         let u = s.upstream.get_or_insert_with(Default::default);
         u.pending = pending;

@@ -461,14 +461,10 @@ impl ParentClient {
                             true,
                         )
                     }
-                    Ok(Err(e)) if e.is_builder() || e.is_redirect() => {
-                        // Name the request that failed: after a redirect, that is the target.
-                        let target = e
-                            .url()
-                            .map(|u| describe_url(&req.method, u))
-                            .unwrap_or_else(|| req.describe());
+                    Ok(Err(e)) if e.is_builder() => {
                         return Err(SyncError::Protocol(format!(
-                            "{target}: {}",
+                            "{}: {}",
+                            describe_url(&req.method, &req.url),
                             chain(&e.without_url())
                         )));
                     }
