@@ -362,9 +362,10 @@ fn a_distribution_parent_gets_pushes_and_a_refused_untag_does_not_block_the_outb
     assert_eq!(r.status, 202);
     push_image(&child.base(), "apps/b", "v1", &b);
     assert!(
-        wait_until(Duration::from_secs(60), || upstream(&child.base())
-            ["pending"]
-            == 0),
+        wait_until(Duration::from_secs(60), || {
+            manifest_digest(&parent.url(), "apps/b", "v1") == Some(b.digest.clone())
+                && upstream(&child.base())["pending"] == 0
+        }),
         "outbox blocked: {}",
         status(&child.base())
     );
