@@ -5,8 +5,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod edge;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod node;
 pub mod oci;
 pub mod server;
 pub mod status;

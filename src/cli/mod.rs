@@ -1,5 +1,7 @@
 //! The smaller subcommands, kept out of `main.rs` so it stays wiring.
 
+pub mod logging;
 pub mod remote;
+pub mod serve;
 pub mod settings;
 pub mod token;

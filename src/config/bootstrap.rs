@@ -97,6 +97,12 @@ fn short(s: &str) -> &str {
 /// Fill `config` from the environment (`env` looks a variable up). A value in the
 /// configuration file wins over the environment, except that a connection string's parent,
 /// name and token fill only what the file leaves out.
+/// Whether the environment carries a connection string (the node's configuration then comes
+/// from the environment when no file is given).
+pub fn has_environment(env: impl Fn(&str) -> Option<String>) -> bool {
+    env(CONNECTION_STRING).is_some_and(|t| !t.trim().is_empty())
+}
+
 pub fn apply_environment(
     config: &mut Config,
     env: impl Fn(&str) -> Option<String>,

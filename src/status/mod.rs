@@ -31,6 +31,20 @@ pub struct Status {
     pub upstream: Option<UpstreamStatus>,
     pub storage: StorageStatus,
     pub status_details: Vec<StatusDetail>,
+    /// Which configuration runs, and why the last one offered was refused.
+    #[serde(default)]
+    pub config: ConfigStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    /// Counts the configurations applied since the node started (1 = the one it started with).
+    pub version: u64,
+    /// Where it came from: `default`, `file`, `environment` or `twin`.
+    pub source: String,
+    /// Why the last configuration offered was refused; `None` once a valid one is applied.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -33,9 +33,25 @@ pub const MAX_PASS_BACKOFF: Duration = Duration::from_secs(300);
 pub const FEED_REPROBE_INTERVAL: Duration = Duration::from_secs(600);
 const CURSOR_KEY: &str = "feed_cursor";
 
+/// What the node (not the schedule) asks of the sync loop.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Why the first pass runs when it is not the node's first sync (e.g. `ConfigUpdate` after
+    /// the configuration changed); `None` lets the loop decide (`InitialSync` or `Schedule`).
+    pub first_trigger: Option<Trigger>,
+    /// Notified for a pass now (`ManualResync`: the `sync` direct method), window or not.
+    pub resync: Arc<tokio::sync::Notify>,
+}
+
 /// Run until `shutdown` turns true.
-pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    engine: Arc<SyncEngine>,
+    schedule: Schedule,
+    mut shutdown: watch::Receiver<bool>,
+    control: RunControl,
+) {
     let mut loop_state = LoopState {
+        first_trigger: control.first_trigger,
         first_pass_done: false,
         backoff: Duration::from_secs(1),
         passes: Pacer::new(MIN_PASS_INTERVAL, MAX_PASS_BACKOFF),
@@ -53,6 +69,7 @@ pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watc
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
+                    _ = control.resync.notified() => manual_pass(&engine, &mut loop_state).await,
                 }
             }
             WindowState::Open { closes_at } => {
@@ -61,6 +78,7 @@ pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watc
                 let until_close = closes_at.map(|c| (c - Utc::now()).to_std().unwrap_or_default());
                 tokio::select! {
                     _ = shutdown.changed() => {}
+                    _ = control.resync.notified() => manual_pass(&engine, &mut loop_state).await,
                     timed_out = async {
                         match until_close {
                             Some(d) => tokio::time::timeout(d, session).await.is_err(),
@@ -83,7 +101,17 @@ pub async fn run(engine: Arc<SyncEngine>, schedule: Schedule, mut shutdown: watc
     }
 }
 
+/// A pass asked for by hand; it replaces whatever the session was doing (that restarts after
+/// it and picks up the feed where it was).
+async fn manual_pass(engine: &SyncEngine, state: &mut LoopState) {
+    tracing::info!("sync requested; starting a full pass");
+    if engine.full_pass(Trigger::ManualResync).await.is_ok() {
+        state.first_pass_done = true;
+    }
+}
+
 struct LoopState {
+    first_trigger: Option<Trigger>,
     first_pass_done: bool,
     backoff: Duration,
     /// Paces full passes (the first one, and those a 410 from the feed forces).
@@ -210,7 +238,7 @@ async fn follow(
             let trigger = if state.first_pass_done {
                 Trigger::Schedule
             } else {
-                Trigger::InitialSync
+                state.first_trigger.take().unwrap_or(Trigger::InitialSync)
             };
             pass(engine, state, trigger).await?;
             state.first_pass_done = true;
@@ -228,10 +256,11 @@ async fn follow(
         save_cursor(engine, cursor).await?;
     } else if !state.first_pass_done {
         // Events since `cursor` are replayed after the pass; applying one twice is harmless.
-        let trigger = if cursor == 0 {
-            Trigger::InitialSync
-        } else {
-            Trigger::Schedule
+        // A node that never synced makes its initial sync, whatever started it.
+        let trigger = match state.first_trigger.take() {
+            _ if cursor == 0 => Trigger::InitialSync,
+            Some(trigger) => trigger,
+            None => Trigger::Schedule,
         };
         pass(engine, state, trigger).await?;
     }

@@ -112,6 +112,7 @@ pub fn spawn(
     store: Arc<Store>,
     status: StatusHandle,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    control: super::run::RunControl,
 ) -> Result<tokio::task::JoinHandle<()>, SetupError> {
     let (engine, schedule) = build(parent, store, status.clone())?;
     status.update(|s| {
@@ -141,7 +142,7 @@ pub fn spawn(
             }
         }
         let pusher = read_write.then(|| super::upstream::spawn(engine.clone(), shutdown.clone()));
-        super::run::run(engine, schedule, shutdown).await;
+        super::run::run(engine, schedule, shutdown, control).await;
         if let Some(reporter) = reporter {
             let _ = reporter.await;
         }

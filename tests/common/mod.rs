@@ -101,8 +101,9 @@ impl Registry {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // A test's own environment wins (an empty RUST_LOG leaves the level to the config).
             .env("RUST_LOG", "connected_registry=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -278,8 +279,11 @@ impl Registry {
 
 pub mod clients;
 pub mod credentials;
+pub mod edge;
 pub mod hostile_child;
 pub mod hostile_parent;
+pub mod images;
+pub mod manifests;
 pub mod peers;
 pub mod proxy;
 pub mod raw;

@@ -1,0 +1,213 @@
+//! `connected-registry serve`: put the configuration together (file, environment, command line,
+//! and under IoT Edge the module twin), open the store, start the node and serve until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use connected_registry::api::Api;
+use connected_registry::auth::Authenticator;
+use connected_registry::config::{self, Config};
+use connected_registry::edge::{self, ModuleEnvironment};
+use connected_registry::node::{initial_status, ConfigSource, Node, NodeOptions};
+use connected_registry::server;
+use connected_registry::status::StatusHandle;
+use connected_registry::store::Store;
+
+use super::logging::{self, LogFormat};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML or JSON).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where blobs and metadata live [default: ./data].
+    #[arg(long, env = "ACR_REGISTRY_DATA_VOLUME")]
+    data_dir: Option<PathBuf>,
+    /// PEM certificate chain; serves HTTPS (HTTP/2 and HTTP/1.1) when given with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// What the command line pins, whatever the configuration says.
+#[derive(Clone)]
+struct Overrides {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    tls: Option<config::TlsConfig>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = Some(listen.to_string());
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
+        }
+        if let Some(tls) = &self.tls {
+            config.tls = Some(tls.clone());
+        }
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let env = |k: &str| std::env::var(k).ok();
+    let module = ModuleEnvironment::from_env(env)?;
+    let file_config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        tls: match (args.tls_cert.clone(), args.tls_key.clone()) {
+            (Some(certificate), Some(key)) => Some(config::TlsConfig { certificate, key }),
+            _ => None,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        // Under IoT Edge the parent is trusted through the edge CA, and the last configuration
+        // the twin gave is used until edgeHub answers again.
+        let trust_bundle = match &module {
+            Some(module) => module.trust_bundle_at_start().await,
+            None => None,
+        };
+        let complete = {
+            let overrides = overrides.clone();
+            let module = module.clone();
+            move |c: &mut Config| {
+                config::bootstrap::apply_environment(c, |k| std::env::var(k).ok())?;
+                overrides.apply(c);
+                if let Some(module) = &module {
+                    edge::complete_config(c, module, trust_bundle.as_deref())?;
+                }
+                Ok(())
+            }
+        };
+        let mut config = file_config.clone();
+        overrides.apply(&mut config);
+        let store = Store::open(&config.data_dir())?;
+        let mut source = if args.config.is_some() {
+            ConfigSource::File
+        } else {
+            ConfigSource::Default
+        };
+        if module.is_some() {
+            if let Some(saved) = edge::saved_config(&store) {
+                config = saved;
+                source = ConfigSource::Twin;
+            }
+        }
+        complete(&mut config)?;
+        if config::bootstrap::has_environment(|k| std::env::var(k).ok())
+            && source == ConfigSource::Default
+        {
+            source = ConfigSource::Environment;
+        }
+        config.validate()?;
+        let limits = config.limits()?;
+        let log_level = logging::init(&config, args.log_format, "info")?;
+
+        let addr = config.listen_addr()?;
+        if module.is_some() && !config.has_tokens() && config.anonymous_pull.is_none() {
+            tracing::warn!(
+                %addr,
+                "no client credentials yet: every request is refused until the module twin gives clientTokens or anonymousPull"
+            );
+        } else {
+            server::check_anonymous_allowed(addr, &config)?;
+        }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| server::tls_acceptor(&t.certificate, &t.key))
+            .transpose()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(
+            %addr,
+            tls = tls.is_some(),
+            data_dir = %config.data_dir().display(),
+            version = env!("CARGO_PKG_VERSION"),
+            module = module.is_some(),
+            "registry listening"
+        );
+        // A ReadWrite child records its clients' pushes and deletes for the parent.
+        store.set_upstream(
+            config.parent.is_some() && config.effective_mode() == config::Mode::ReadWrite,
+        );
+        let status = StatusHandle::new(initial_status(&config, addr));
+        let loopback = addr.ip().is_loopback();
+        let auth = Arc::new(Authenticator::new(&config, loopback));
+        let service = config
+            .login_server
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_else(|| "connected-registry".to_owned());
+        let api = Arc::new(
+            Api::new(store.clone(), status)
+                .mode(config.effective_mode())
+                .auth(auth.clone(), service, tls.is_some())
+                .limits(limits),
+        );
+        let node = Node::start(
+            config.clone(),
+            NodeOptions {
+                source,
+                store: store.clone(),
+                api: api.clone(),
+                auth,
+                loopback,
+                log_level,
+                complete: Box::new(complete),
+            },
+        )?;
+        if let Some(path) = args.config.clone() {
+            // `connected-registry token …` and any edit of the file apply without a restart.
+            let node = node.clone();
+            config::watch::spawn_file_watch(path, file_config, move |new: &Config| {
+                let node = node.clone();
+                let new = new.clone();
+                tokio::spawn(async move {
+                    let _ = node.apply(new, ConfigSource::File).await;
+                });
+            });
+        }
+        let (stop_edge, edge_stopped) = tokio::sync::watch::channel(false);
+        let edge = module.map(|module| edge::spawn(module, node.clone(), edge_stopped));
+        connected_registry::store::changes::spawn_pruner(store.clone());
+        connected_registry::store::sweep::spawn_sweeper(
+            store.clone(),
+            limits.upload_session_max_age,
+        );
+        let stopping = api.clone();
+        let shutdown = async move {
+            server::shutdown_signal().await;
+            stopping.stop_long_polls();
+        };
+        server::serve(listener, tls, api, limits, shutdown).await?;
+        node.stop().await;
+        let _ = stop_edge.send(true);
+        if let Some(edge) = edge {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), edge).await;
+        }
+        store.flush().await?;
+        tracing::info!("stopped cleanly");
+        anyhow::Ok(())
+    })
+}

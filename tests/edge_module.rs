@@ -1,0 +1,362 @@
+//! The node as an IoT Edge module under the edge runtime stand-in (`edge-standin`: the
+//! workload API and a real mosquitto as edgeHub): configured by its twin, syncing from a parent,
+//! reporting status as reported properties and events as telemetry, answering direct methods,
+//! refusing a bad configuration whole, and riding out a broker restart while clients pull.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::edge::{EdgeOptions, EdgeStandin};
+use common::peers::{self, manifest_digest, poll_every, push_image, random_bytes, Image, Node};
+use common::Registry;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A module process started with `env` (what the IoT Edge runtime gives it), the level left
+/// to its configuration.
+fn start_module(env: Vec<(String, String)>) -> Registry {
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("RUST_LOG", ""));
+    Registry::start_with_env(&[], &env)
+}
+
+fn kinds(telemetry: &[Value]) -> Vec<String> {
+    telemetry
+        .iter()
+        .map(|m| {
+            m["properties"]["eventType"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
+
+fn position(telemetry: &[Value], pred: impl Fn(&Value) -> bool) -> Option<usize> {
+    telemetry.iter().position(pred)
+}
+
+fn is_event(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |m: &Value| m["properties"]["eventType"] == kind
+}
+
+fn detail_codes(reported: &Value) -> Vec<String> {
+    reported["statusDetails"]
+        .as_object()
+        .map(|o| {
+            o.values()
+                .filter_map(|d| d["code"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_twin_configures_the_module_which_syncs_reports_and_answers_methods() {
+    let root = Node::with_config(json!({"name": "rootnode"}));
+    let one = Image::new("linux/amd64", &[random_bytes(1, 150_000)]);
+    let two = Image::new("linux/amd64", &[random_bytes(2, 120_000)]);
+    assert_eq!(push_image(&root.base(), "apps/one", "v1", &one).status, 201);
+    assert_eq!(push_image(&root.base(), "apps/two", "v1", &two).status, 201);
+
+    let standin = EdgeStandin::start(EdgeOptions {
+        desired: Some(json!({
+            "name": "edgenode",
+            "parent": {"endpoint": root.base(), "sync": {"repositories": ["apps/one"]}},
+            "logging": {"level": "Information"}
+        })),
+        ..EdgeOptions::default()
+    });
+    let module = start_module(standin.edge_env());
+    let base = module.url("");
+
+    // The twin's configuration runs: activation at the parent, a first pass, all reported.
+    let reported = standin.wait_for_reported(WAIT, |r| {
+        r["activation"]["status"] == "Active"
+            && r["sync"]["state"] == "Succeeded"
+            && r["connectionState"] == "Online"
+    });
+    assert_eq!(reported["name"], "edgenode");
+    assert_eq!(reported["config"]["source"], "twin");
+    assert!(
+        reported["sync"]["progress"]["manifests"]["done"].as_u64() >= Some(1),
+        "{reported:#}"
+    );
+    assert!(reported["storage"].is_object() && reported["statusDetails"].is_object());
+    assert_eq!(
+        manifest_digest(&base, "apps/one", "v1"),
+        Some(one.digest.clone())
+    );
+    assert_eq!(manifest_digest(&base, "apps/two", "v1"), None);
+
+    // Connected as the SDKs connect; every reported patch passed edgeHub's rules.
+    let connection = standin.wait_for_module_connection(WAIT);
+    assert_eq!(connection["clientId"], "dev1/connected-registry");
+    assert_eq!(connection["protocol"], "p2", "MQTT 3.1.1: {connection}");
+    assert_eq!(connection["cleanSession"], false, "{connection}");
+    let username = connection["username"].as_str().unwrap();
+    assert!(
+        username.starts_with("myhub.azure-devices.net/dev1/connected-registry/?api-version=2019-10-01&DeviceClientType="),
+        "{username}"
+    );
+    let workload = standin.workload_counts();
+    assert!(
+        workload.to_string().contains("sign"),
+        "the token was signed by the runtime: {workload}"
+    );
+    standin.assert_no_violations();
+
+    // Telemetry, in order, encoded as edgeHub expects.
+    standin.wait_for_telemetry(WAIT, is_event("syncCompleted"));
+    let telemetry = standin.telemetry();
+    let applied = position(&telemetry, is_event("configApplied")).expect("configApplied");
+    let started = position(&telemetry, is_event("syncStarted")).expect("syncStarted");
+    let completed = position(&telemetry, is_event("syncCompleted")).expect("syncCompleted");
+    assert!(
+        position(&telemetry, is_event("activation")).is_some(),
+        "{:?}",
+        kinds(&telemetry)
+    );
+    assert!(
+        applied < started && started < completed,
+        "{:?}",
+        kinds(&telemetry)
+    );
+    for message in &telemetry {
+        assert_eq!(message["output"], "telemetry", "{message}");
+        assert_eq!(
+            message["properties"]["$.ct"], "application/json",
+            "{message}"
+        );
+        assert_eq!(message["properties"]["$.ce"], "utf-8", "{message}");
+        assert_eq!(
+            message["body"]["eventType"],
+            message["properties"]["eventType"]
+        );
+    }
+    assert_eq!(telemetry[completed]["body"]["state"], "Succeeded");
+
+    // A patch: one repository added, the other removed (pruned), the log level changed.
+    let version_before = reported["config"]["version"].as_u64().unwrap();
+    standin.patch_desired(json!({
+        "parent": {"sync": {"repositories": ["apps/two"]}},
+        "logging": {"level": "Debug"}
+    }));
+    assert!(
+        poll_every(Duration::from_millis(200), WAIT, || {
+            manifest_digest(&base, "apps/two", "v1") == Some(two.digest.clone())
+                && manifest_digest(&base, "apps/one", "v1").is_none()
+        }),
+        "the new repository syncs and the old one is pruned; log:\n{}",
+        module.log_text()
+    );
+    let reported = standin.wait_for_reported(WAIT, |r| {
+        r["config"]["version"].as_u64() > Some(version_before) && r["sync"]["state"] == "Succeeded"
+    });
+    assert_eq!(reported["sync"]["trigger"], "ConfigUpdate", "{reported:#}");
+    assert!(
+        module.log_text().contains("log level changed"),
+        "{}",
+        module.log_text()
+    );
+
+    // A bad patch is refused whole and reported; the node keeps serving.
+    standin.patch_desired(json!({"parent": {"sync": {"concurrency": 0}}}));
+    let reported = standin.wait_for_reported(WAIT, |r| r["config"]["error"].is_string());
+    assert!(
+        reported["config"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency"),
+        "{reported:#}"
+    );
+    assert!(
+        detail_codes(&reported).contains(&"ConfigError".to_owned()),
+        "{reported:#}"
+    );
+    standin.wait_for_telemetry(WAIT, is_event("configRejected"));
+    assert_eq!(
+        manifest_digest(&base, "apps/two", "v1"),
+        Some(two.digest.clone())
+    );
+    standin.patch_desired(json!({"parent": {"sync": {"concurrency": null}}}));
+    standin.wait_for_reported(WAIT, |r| r["config"]["error"].is_null());
+
+    // A client token given by the twin works at once (and anonymous access ends).
+    let password = "line1-secret-password";
+    let hash = connected_registry::auth::password::hash(password).unwrap();
+    standin.patch_desired(json!({"clientTokens": [{
+        "name": "line1", "passwordHash": hash,
+        "actions": ["repositories/apps/*/content/read", "repositories/apps/*/metadata/read"]
+    }]}));
+    let path = "/v2/apps/two/manifests/v1";
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    assert!(
+        poll_every(Duration::from_millis(500), WAIT, || {
+            common::support::client()
+                .get(module.url(path))
+                .header("Accept", accept)
+                .basic_auth("line1", Some(password))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        }),
+        "the twin's client token works"
+    );
+    let anonymous = common::support::client()
+        .get(module.url(path))
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Direct methods.
+    standin.clear_telemetry();
+    let reply = standin
+        .call_method("sync", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply);
+    assert_eq!(reply.payload["trigger"], "ManualResync");
+    let started = standin.wait_for_telemetry(WAIT, is_event("syncStarted"));
+    assert_eq!(started["body"]["trigger"], "ManualResync", "{started}");
+    let status = standin
+        .call_method("status", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        (status.status, &status.payload["name"]),
+        (200, &json!("edgenode"))
+    );
+    let gc = standin
+        .call_method("gc", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(gc.status, 501, "{gc:?}");
+    let unknown = standin
+        .call_method("reboot", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(
+        unknown.payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("sync"),
+        "{unknown:?}"
+    );
+    standin.assert_no_violations();
+}
+
+#[test]
+fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_restart() {
+    let root = Node::with_config(json!({"name": "rootnode"}));
+    let small = Image::new("linux/amd64", &[random_bytes(3, 50_000)]);
+    assert_eq!(
+        push_image(&root.base(), "apps/small", "v1", &small).status,
+        201
+    );
+    let standin = EdgeStandin::start(EdgeOptions {
+        desired: Some(json!({
+            "name": "edgenode",
+            "parent": {"endpoint": root.base(), "sync": {
+                "repositories": ["apps/*"], "bandwidthLimit": "4MiB/s"
+            }}
+        })),
+        ..EdgeOptions::default()
+    });
+    // The development fallback: a connection string with the module's key and the CA file.
+    let mut module = start_module(standin.fallback_env());
+    let base = module.url("");
+    standin.wait_for_reported(WAIT, |r| r["sync"]["state"] == "Succeeded");
+    assert_eq!(
+        manifest_digest(&base, "apps/small", "v1"),
+        Some(small.digest.clone())
+    );
+
+    // Clients pull all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pulls = Arc::new(AtomicU64::new(0));
+    let puller = {
+        let (stop, pulls, base, digest) = (
+            stop.clone(),
+            pulls.clone(),
+            base.clone(),
+            small.digest.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(
+                    manifest_digest(&base, "apps/small", "v1"),
+                    Some(digest.clone())
+                );
+                pulls.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    // A 24 MiB image at 4 MiB/s: the broker restarts in the middle of its sync.
+    let big = Image::new(
+        "linux/amd64",
+        &[random_bytes(4, 12 << 20), random_bytes(5, 12 << 20)],
+    );
+    assert_eq!(push_image(&root.base(), "apps/big", "v1", &big).status, 201);
+    let connections_before = standin.module_connections().len();
+    standin.restart_broker();
+    assert!(
+        poll_every(Duration::from_millis(200), WAIT, || {
+            standin.module_connections().len() > connections_before
+        }),
+        "the module reconnects after the broker restart: {:#?}",
+        standin.connections()
+    );
+    assert!(
+        poll_every(Duration::from_millis(200), WAIT, || {
+            manifest_digest(&base, "apps/big", "v1") == Some(big.digest.clone())
+        }),
+        "the sync finishes across the broker restart"
+    );
+    // Reported again after the reconnect, and the events raised meanwhile arrive.
+    let reported = standin.wait_for_reported(WAIT, |r| {
+        r["sync"]["state"] == "Succeeded" && r["connectionState"] == "Online"
+    });
+    assert_eq!(reported["config"]["source"], "twin");
+    // The events raised meanwhile arrive too: a manual pass now sees both repositories.
+    standin.clear_telemetry();
+    let reply = standin
+        .call_method("sync", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let completed = standin.wait_for_telemetry(WAIT, is_event("syncCompleted"));
+    assert_eq!(
+        completed["body"]["progress"]["repositories"]["done"], 2,
+        "{completed}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    puller.join().expect("no pull failed");
+    assert!(pulls.load(Ordering::Relaxed) > 10);
+    standin.assert_no_violations();
+
+    // edgeHub away and the module restarted: it serves with the configuration the twin gave,
+    // and the events of its start wait for edgeHub.
+    standin.stop_broker();
+    standin.clear_telemetry();
+    assert!(module.terminate().success());
+    module.restart();
+    let status = peers::status(&base);
+    assert_eq!(status["config"]["source"], "twin", "{status:#}");
+    assert_eq!(status["name"], "edgenode");
+    assert_eq!(
+        manifest_digest(&base, "apps/big", "v1"),
+        Some(big.digest.clone())
+    );
+    assert!(
+        poll_every(Duration::from_millis(200), WAIT, || {
+            peers::status(&base)["sync"]["state"] == "Succeeded"
+        }),
+        "the restarted module syncs without edgeHub"
+    );
+    standin.start_broker();
+    let completed = standin.wait_for_telemetry(WAIT, is_event("syncCompleted"));
+    assert!(completed["body"]["endTime"].is_string(), "{completed}");
+    standin.wait_for_telemetry(WAIT, is_event("configApplied"));
+}
