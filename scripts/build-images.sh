@@ -5,6 +5,7 @@
 # Both run as uid/gid 1000 with /var/acr/data owned by it, listen on 8080.
 #
 # Usage: scripts/build-images.sh [amd64|arm64|all]     (default: all)
+# Env:   AMD64_BINARY=PATH  use this x86_64 binary instead of `cargo build --release --bins`.
 # Stages each build context under modules/connected-registry/staging/<arch>/ (module.json's
 # contextPath is that directory, so `iotedgedev build` works once this has run), builds with the
 # classic builder and prints the image ids and sizes. Idempotent; works on a fresh Debian 12
@@ -63,24 +64,35 @@ fresh_stage() {
 }
 
 build_image() { # arch platform dockerfile tag
-  local started
+  local started old new out
   started=$(date +%s)
-  local out
+  old=$(docker image inspect -f '{{.Id}}' "$4" 2>/dev/null || true)
   if ! out=$(docker build -q --platform "$2" -f "$MODULE_DIR/$3" -t "$4" "$MODULE_DIR" 2>&1); then
     echo "$out" >&2
     exit 1
   fi
   echo "built $4 in $(( $(date +%s) - started ))s" >&2
+  # Drop the image this tag used to name, so rebuilds leave no dangling images behind (kept if
+  # a container still uses it).
+  new=$(docker image inspect -f '{{.Id}}' "$4")
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
   local arch
   arch=$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$4")
   [ "$arch" = "$2" ] || { echo "$4 is $arch, expected $2" >&2; exit 1; }
 }
 
 build_amd64() {
-  # The same build as the tests and the lead's (`cargo build --release --bins`): a no-op when
+  # AMD64_BINARY names an already built binary (the tests pass the one under test); otherwise
+  # the same build as the tests' and the lead's (`cargo build --release --bins`), a no-op when
   # it is up to date.
-  cargo build --release --bins >&2
-  local bin=target/release/connected-registry
+  local bin="${AMD64_BINARY:-}"
+  if [ -z "$bin" ]; then
+    cargo build --release --bins >&2
+    bin=target/release/connected-registry
+  fi
+  [ -x "$bin" ] || { echo "no executable at $bin" >&2; exit 1; }
   local root
   root=$(fresh_stage amd64)
   cp "$bin" "$root/usr/local/bin/connected-registry"

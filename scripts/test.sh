@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
-for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils; do
+for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils mosquitto; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -14,8 +14,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 python3 -c 'import oras' 2>/dev/null || pip install -q oras==0.2.43
+# Microsoft's device SDK proves the IoT Edge stand-in faithful (tests/edge_standin.rs).
+python3 -c 'import azure.iot.device' 2>/dev/null || pip install -q azure-iot-device==2.14.0
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
+# Build once: the test binaries, the node and the stand-in; then the amd64 and arm64 images the
+# container tests run (the arm64 binary is cross-compiled with Debian's rustc-web).
+cargo build --release --tests --bins
+./scripts/build-images.sh all
 cargo test --release -- --test-threads=2
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh

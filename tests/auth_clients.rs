@@ -214,3 +214,70 @@ fn real_clients_log_in_push_and_pull() {
         "a password in the log"
     );
 }
+
+/// With `anonymousPull` and tokens, `GET /v2/` still challenges: clients decide there whether
+/// to send credentials, so a push with credentials works and an anonymous pull fetches an
+/// anonymous token.
+#[test]
+fn anonymous_pull_beside_tokens_still_lets_clients_send_their_credentials() {
+    use common::clients::{busybox_layout, unique};
+    use common::{require, run};
+    use std::process::Command;
+
+    let skopeo = require("skopeo");
+    let mut ci = String::new();
+    let node = SecuredNode::start(
+        json!({"name": "openpull", "anonymousPull": true}),
+        |config| {
+            ci = create_token(
+                config,
+                "ci",
+                &[
+                    "--repository",
+                    "apps/*",
+                    "content/read",
+                    "content/write",
+                    "metadata/read",
+                ],
+            );
+        },
+    );
+    let host = node.reg.host();
+    let base = send_as(Method::GET, &node.base(), "/v2/", None, None);
+    assert_eq!(base.status, 401, "GET /v2/ challenges anonymous clients");
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, digest) = busybox_layout(tmp.path(), "1");
+    let repo = format!("apps/{}", unique("open"));
+    run(Command::new(&skopeo).args([
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("ci:{ci}"),
+        &layout.reference("1"),
+        &format!("docker://{host}/{repo}:1"),
+    ]));
+    let pulled = tmp.path().join("pulled");
+    run(Command::new(&skopeo).args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &format!("docker://{host}/{repo}:1"),
+        &format!("oci:{}:1", pulled.display()),
+    ]));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pulled.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        digest.as_str(),
+        "anonymous pull"
+    );
+    let write = send_as(
+        Method::DELETE,
+        &node.base(),
+        &format!("/v2/{repo}/manifests/{digest}"),
+        None,
+        None,
+    );
+    assert_eq!(write.status, 401, "anonymous access stays pull-only");
+}

@@ -184,10 +184,14 @@ impl Identity {
         }
     }
 
-    /// Any credentials at all (or an open node).
+    /// Any credentials at all, an anonymous bearer token, or an open node. `GET /v2/` asks
+    /// for this: clients (docker, skopeo, containerd) decide from its answer whether to send
+    /// their credentials at all, so a node with tokens challenges there even when anonymous
+    /// pulls are allowed (they then fetch an anonymous token).
     pub fn authenticated(&self) -> Decision {
-        match &self.principal {
-            Principal::Anonymous(AnonymousAccess::None) => Decision::Challenge,
+        match (&self.principal, &self.bearer_access) {
+            (Principal::Anonymous(AnonymousAccess::Everything), _) => Decision::Allowed,
+            (Principal::Anonymous(_), None) => Decision::Challenge,
             _ => Decision::Allowed,
         }
     }

@@ -123,13 +123,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let log_level = logging::init(&config, args.log_format, "info")?;
 
         let addr = config.listen_addr()?;
-        if module.is_some() && !config.has_tokens() && config.anonymous_pull.is_none() {
+        if let Err(refused) = server::check_anonymous_allowed(addr, &config) {
+            // A module's credentials come from its twin, which is read after the start.
+            if module.is_none() {
+                return Err(refused);
+            }
             tracing::warn!(
                 %addr,
                 "no client credentials yet: every request is refused until the module twin gives clientTokens or anonymousPull"
             );
-        } else {
-            server::check_anonymous_allowed(addr, &config)?;
         }
         let tls = config
             .tls

@@ -174,7 +174,9 @@ impl Node {
         }
         let old = std::mem::replace(&mut running.config, new.clone());
         self.auth.reconfigure(&new, self.loopback);
-        if let (Some(set), Some(logging)) = (&self.log_level, &new.logging) {
+        if let (Some(set), Some(logging), true) =
+            (&self.log_level, &new.logging, old.logging != new.logging)
+        {
             if let Err(e) = set(&logging.level) {
                 tracing::warn!(error = %e, "could not change the log level");
             }

@@ -81,8 +81,8 @@ pub fn image_exists(tag: &str) -> bool {
         .success()
 }
 
-/// Make sure the image for `arch` exists. The amd64 image is rebuilt every time (a cheap,
-/// cached build from `target/release/connected-registry`, so it holds the binary under test);
+/// Make sure the image for `arch` exists. The amd64 image is rebuilt every time from the binary
+/// under test (`AMD64_BINARY`; a cheap, cached docker build, no cargo run);
 /// the arm64 image, whose cross build is slow, only when it is missing (rebuild it with
 /// `scripts/build-images.sh arm64`). Panics with the script's output if the build fails.
 pub fn ensure_image(arch: Arch) -> String {
@@ -90,7 +90,10 @@ pub fn ensure_image(arch: Arch) -> String {
     if arch == Arch::Amd64 || !image_exists(&tag) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-images.sh");
         let out = run_bounded(
-            Command::new("bash").arg(&script).arg(arch.script_arg()),
+            Command::new("bash")
+                .arg(&script)
+                .arg(arch.script_arg())
+                .env("AMD64_BINARY", super::BIN),
             Duration::from_secs(3600),
         );
         assert!(

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
-use crate::http::{json_reply, message, parse_json, query_param, read_body, serve, Reply};
+use crate::http::{json_reply, message, parse_json, query_param, read_body, serve, Refusal, Reply};
 use crate::responder::Responder;
 use crate::workload::Workload;
 
@@ -67,11 +67,11 @@ impl Control {
             (&Method::GET, ["twin"]) => json_reply(StatusCode::OK, &self.responder.twin()),
             (&Method::PUT, ["twin", "desired"]) => match read_object(req).await {
                 Ok(desired) => json_reply(StatusCode::OK, &self.responder.put_desired(desired)),
-                Err(reply) => reply,
+                Err(refusal) => refusal.into(),
             },
             (&Method::PATCH, ["twin", "desired"]) => match read_object(req).await {
                 Ok(patch) => json_reply(StatusCode::OK, &self.responder.patch_desired(patch)),
-                Err(reply) => reply,
+                Err(refusal) => refusal.into(),
             },
             (&Method::GET, ["telemetry"]) => {
                 json_reply(StatusCode::OK, &self.responder.telemetry())
@@ -147,14 +147,14 @@ impl Control {
         };
         let body = match read_body(req.into_body(), MAX_BODY).await {
             Ok(b) => b,
-            Err(reply) => return reply,
+            Err(refusal) => return refusal.into(),
         };
         let payload = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
             match parse_json(&body) {
                 Ok(v) => v,
-                Err(reply) => return reply,
+                Err(refusal) => return refusal.into(),
             }
         };
         match self
@@ -213,11 +213,11 @@ impl Control {
     }
 }
 
-async fn read_object(req: Request<Incoming>) -> Result<Map<String, Value>, Reply> {
+async fn read_object(req: Request<Incoming>) -> Result<Map<String, Value>, Refusal> {
     let bytes = read_body(req.into_body(), MAX_BODY).await?;
     match parse_json(&bytes)? {
         Value::Object(map) => Ok(map),
-        other => Err(message(
+        other => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("expected a JSON object, got {other}"),
         )),

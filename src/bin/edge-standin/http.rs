@@ -31,20 +31,43 @@ pub fn message(status: StatusCode, msg: impl Into<String>) -> Reply {
     json_reply(status, &json!({"message": msg.into()}))
 }
 
+/// A refused request: the status and the text of its `{"message": …}` answer (small, so
+/// `Result`s carrying it stay cheap).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(r: Refusal) -> Reply {
+        message(r.status, r.message)
+    }
+}
+
 /// Read a request body of at most `limit` bytes; 413 past that.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Reply> {
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Refusal> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                Err(message(
+                Err(Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body is over {limit} bytes"),
                 ))
             } else {
-                Err(message(
+                Err(Refusal::new(
                     StatusCode::BAD_REQUEST,
                     format!("cannot read the request body: {e}"),
                 ))
@@ -54,9 +77,9 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Reply> {
 }
 
 /// Parse a JSON body; 400 with a clear message when it is not JSON.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, Reply> {
+pub fn parse_json(bytes: &[u8]) -> Result<Value, Refusal> {
     serde_json::from_slice(bytes).map_err(|e| {
-        message(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             format!("request body is not valid JSON: {e}"),
         )

@@ -19,7 +19,7 @@ use tokio::net::UnixListener;
 
 use crate::certs::{now_unix, Material, MAX_SERVER_CERT_DAYS};
 use crate::http::{
-    json_reply, message, parse_json, percent_decode, query_param, read_body, serve, Reply,
+    json_reply, message, parse_json, percent_decode, query_param, read_body, serve, Refusal, Reply,
 };
 use crate::identity::Identity;
 
@@ -165,7 +165,7 @@ impl Workload {
             );
         }
         if let Err(reply) = check_api_version(query_param(&req, "api-version")) {
-            return reply;
+            return reply.into();
         }
         match route {
             Route::TrustBundle => json_reply(
@@ -175,36 +175,36 @@ impl Workload {
             Route::ManifestTrustBundle => json_reply(StatusCode::OK, &json!({"certificate": ""})),
             Route::Sign { module, genid } => {
                 if let Err(reply) = self.check_module(module, genid) {
-                    return reply;
+                    return reply.into();
                 }
                 match read_json(req).await {
                     Ok(body) => self.sign(&body),
-                    Err(reply) => reply,
+                    Err(refusal) => refusal.into(),
                 }
             }
             Route::ServerCert { module, genid } => {
                 if let Err(reply) = self.check_module(module, genid) {
-                    return reply;
+                    return reply.into();
                 }
                 match read_json(req).await {
                     Ok(body) => self.server_cert(&body),
-                    Err(reply) => reply,
+                    Err(refusal) => refusal.into(),
                 }
             }
         }
     }
 
     /// edgelet trims a leading `$` from the module name; the generation id must match too.
-    fn check_module(&self, module: &str, genid: &str) -> Result<(), Reply> {
+    fn check_module(&self, module: &str, genid: &str) -> Result<(), Refusal> {
         let module = module.strip_prefix('$').unwrap_or(module);
         if module != self.identity.module_id {
-            return Err(message(
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!("module {module:?} not found"),
             ));
         }
         if genid != self.identity.generation_id {
-            return Err(message(
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!("module {module:?} has no generation {genid:?}"),
             ));
@@ -301,11 +301,11 @@ impl Workload {
     }
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, Reply> {
+async fn read_json(req: Request<Incoming>) -> Result<Value, Refusal> {
     let bytes = read_body(req.into_body(), MAX_BODY).await?;
     let value = parse_json(&bytes)?;
     if !value.is_object() {
-        return Err(message(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "request body must be a JSON object",
         ));
@@ -314,14 +314,14 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, Reply> {
 }
 
 /// `api-version` is required and must be one edgelet knows (2018-06-28 or later).
-fn check_api_version(version: Option<String>) -> Result<(), Reply> {
+fn check_api_version(version: Option<String>) -> Result<(), Refusal> {
     match version {
-        None => Err(message(
+        None => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "the api-version query parameter is required",
         )),
         Some(v) if API_VERSIONS.contains(&v.as_str()) => Ok(()),
-        Some(v) => Err(message(
+        Some(v) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             format!(
                 "invalid api-version {v:?}: this route accepts {}",
