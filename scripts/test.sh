@@ -21,7 +21,9 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
 # Build once: the test binaries, the node and the stand-in; then the amd64 and arm64 images the
 # container tests run (the arm64 binary is cross-compiled with Debian's rustc-web).
+# The cross build keeps its own target directory outside the clone, so CI runs share it.
 cargo build --release --tests --bins
+export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
 ./scripts/build-images.sh all
 cargo test --release -- --test-threads=2
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh
