@@ -360,3 +360,40 @@ fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_r
     assert!(completed["body"]["endTime"].is_string(), "{completed}");
     standin.wait_for_telemetry(WAIT, is_event("configApplied"));
 }
+
+#[test]
+fn the_listener_serves_tls_with_a_certificate_from_the_workload_api() {
+    let standin = EdgeStandin::start(EdgeOptions::default());
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    let edge_env = standin.edge_env();
+    env.extend(edge_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let module = Registry::start_with_env(&["--tls-from-workload"], &env);
+    // Trusting only the edge CA, a client reaches the module by the gateway's host name.
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/v2/", module.port);
+    let mut answer = None;
+    poll_every(Duration::from_millis(200), WAIT, || {
+        answer = client.get(&url).send().ok().map(|r| r.status().as_u16());
+        answer.is_some()
+    });
+    assert_eq!(
+        answer,
+        Some(200),
+        "HTTPS with the edge CA's certificate; log:\n{}",
+        module.log_text()
+    );
+    let counts = standin.workload_counts();
+    assert!(
+        counts.to_string().contains("certificate/server"),
+        "{counts}"
+    );
+    let plain = common::support::client().get(module.url("/v2/")).send();
+    assert!(
+        plain.is_err() || plain.unwrap().status() != 200,
+        "no plain HTTP beside TLS"
+    );
+}

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Under IoT Edge: serve HTTPS with a certificate the workload API issues (signed by the
+    /// edge CA), renewed before it expires.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_from_workload: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -71,7 +75,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         tls: match (args.tls_cert.clone(), args.tls_key.clone()) {
-            (Some(certificate), Some(key)) => Some(config::TlsConfig { certificate, key }),
+            (Some(certificate), Some(key)) => Some(config::TlsConfig::from_files(certificate, key)),
+            _ if args.tls_from_workload => Some(config::TlsConfig {
+                from_workload: true,
+                ..Default::default()
+            }),
             _ => None,
         },
     };
@@ -133,11 +141,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 "no client credentials yet: every request is refused until the module twin gives clientTokens or anonymousPull"
             );
         }
-        let tls = config
-            .tls
-            .as_ref()
-            .map(|t| server::tls_acceptor(&t.certificate, &t.key))
-            .transpose()?;
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => match (t.files(), &module) {
+                (Some((cert, key)), _) => Some(server::tls_acceptor(cert, key)?),
+                (None, Some(module)) => {
+                    let workload = module.workload().cloned().context(
+                        "tls.fromWorkload needs the IoT Edge runtime's workload API (IOTEDGE_WORKLOADURI)",
+                    )?;
+                    let name = t
+                        .common_name
+                        .clone()
+                        .or_else(|| {
+                            let login = config.login_server.as_deref()?;
+                            Some(login.rsplit_once(':').map_or(login, |(h, _)| h).to_owned())
+                        })
+                        .unwrap_or_else(|| module.gateway_hostname.clone());
+                    let cert = edge::server_cert::start(workload, name).await?;
+                    Some(server::tls_acceptor_for(cert))
+                }
+                (None, None) => anyhow::bail!(
+                    "tls.fromWorkload needs the IoT Edge runtime (the IOTEDGE_* variables are not set)"
+                ),
+            },
+        };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

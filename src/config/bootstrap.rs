@@ -135,10 +135,7 @@ pub fn apply_environment(
         let dir = PathBuf::from(dir);
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
         if config.tls.is_none() && cert.exists() && key.exists() {
-            config.tls = Some(TlsConfig {
-                certificate: cert,
-                key,
-            });
+            config.tls = Some(TlsConfig::from_files(cert, key));
         }
     }
     config.validate()

@@ -155,11 +155,50 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// Where the listener's certificate comes from: PEM files, or (under IoT Edge) the workload
+/// API, which issues one signed by the edge CA and is asked again before it expires.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
-    pub certificate: PathBuf,
-    pub key: PathBuf,
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub from_workload: bool,
+    /// The name the workload certificate is issued for (default: the login server's host,
+    /// else `IOTEDGE_GATEWAYHOSTNAME`).
+    pub common_name: Option<String>,
+}
+
+impl TlsConfig {
+    pub fn from_files(certificate: PathBuf, key: PathBuf) -> TlsConfig {
+        TlsConfig {
+            certificate: Some(certificate),
+            key: Some(key),
+            ..TlsConfig::default()
+        }
+    }
+
+    /// The PEM files, when the certificate comes from files.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        Some((self.certificate.as_deref()?, self.key.as_deref()?))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = match (&self.certificate, &self.key, self.from_workload) {
+            (Some(_), Some(_), false) | (None, None, true) => return Ok(()),
+            (Some(_), Some(_), true) => {
+                "give either certificate and key files or fromWorkload, not both"
+            }
+            (Some(_), None, _) | (None, Some(_), _) => "certificate and key go together",
+            (None, None, false) => {
+                "give certificate and key files, or fromWorkload: true under IoT Edge"
+            }
+        };
+        Err(ConfigError::Invalid {
+            field: "tls",
+            rule: rule.to_owned(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -204,6 +243,9 @@ impl Config {
             }
         }
         self.listen_addr()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         if let Some(parent) = &self.parent {
             parent.validate()?;
         }

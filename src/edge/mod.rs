@@ -11,6 +11,7 @@ pub mod environment;
 pub mod methods;
 pub mod reported;
 pub mod sas;
+pub mod server_cert;
 mod session;
 pub mod telemetry;
 mod tls;

@@ -30,7 +30,7 @@ use crate::config::Limits;
 use crate::oci::{Error, ErrorCode};
 use admission::{Admission, RateLimited};
 use idle::Activity;
-pub use tls::tls_acceptor;
+pub use tls::{acceptor as tls_acceptor_for, certified_key, tls_acceptor, RenewableCert};
 
 /// How long a stop waits for in-flight requests before closing their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
