@@ -14,8 +14,8 @@
 # Usage: scripts/check-manifests.sh             everything above
 #        scripts/check-manifests.sh FILE...     (b) and (c) on these manifests only
 # Environment:
-#   IOTEDGE_SCHEMA_DIR     where azure-iot-edge-deployment-2.0.json is (default ../shared/reference/schemas
-#                          beside the repository; it is not vendored into the repository)
+#   IOTEDGE_SCHEMA_DIR     where azure-iot-edge-deployment-2.0.json is (default ../shared/reference/schemas,
+#                          beside the repository, else /work/shared/reference/schemas; not vendored)
 #   MANIFEST_OUT_DIR       keep the generated manifests there (default: a temporary directory)
 #   CONNECTED_REGISTRY_BIN the binary for (c) (default target/release/connected-registry, built if missing)
 #   IOTEDGEDEV_VENV        the virtualenv iotedgedev is installed into when it is missing
@@ -24,7 +24,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SCHEMA_DIR=${IOTEDGE_SCHEMA_DIR:-$ROOT/../shared/reference/schemas}
+# The workplace keeps its shared references beside the repository; a clone elsewhere (a CI
+# checkout) finds them at the workplace's own path.
+default_schema_dir() {
+  for dir in "$ROOT/../shared/reference/schemas" /work/shared/reference/schemas; do
+    if [ -f "$dir/azure-iot-edge-deployment-2.0.json" ]; then echo "$dir"; return; fi
+  done
+  echo "$ROOT/../shared/reference/schemas"
+}
+SCHEMA_DIR=${IOTEDGE_SCHEMA_DIR:-$(default_schema_dir)}
 SCHEMA=$SCHEMA_DIR/azure-iot-edge-deployment-2.0.json
 VENV=${IOTEDGEDEV_VENV:-/opt/venv-iotedgedev}
 BIN=${CONNECTED_REGISTRY_BIN:-$ROOT/target/release/connected-registry}
