@@ -397,3 +397,74 @@ fn the_listener_serves_tls_with_a_certificate_from_the_workload_api() {
         "no plain HTTP beside TLS"
     );
 }
+
+/// A lower layer: the parent (the parent device's API proxy in a real deployment) presents a
+/// certificate from the edge CA; the twin names it `https://$IOTEDGE_PARENTHOSTNAME:PORT`, with
+/// no `caCertificate`: the module trusts the runtime's trust bundle and syncs.
+#[test]
+fn a_nested_module_reaches_its_parent_by_the_parent_hostname_trusting_the_edge_ca() {
+    let standin = EdgeStandin::start(EdgeOptions::default());
+    let (status, issued) = standin.workload_request(
+        "POST",
+        "/modules/connected-registry/genid/gen1/certificate/server?api-version=2019-01-30",
+        Some(r#"{"commonName":"localhost","expiration":"2030-01-01T00:00:00Z"}"#),
+    );
+    assert_eq!(status, 201, "{issued}");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("parent.crt"), dir.path().join("parent.key"));
+    std::fs::write(&cert, issued["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, issued["privateKey"]["bytes"].as_str().unwrap()).unwrap();
+    let parent = Registry::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let image = Image::new("linux/amd64", &[random_bytes(7, 80_000)]);
+    let parent_client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let parent_base = format!("https://localhost:{}", parent.port);
+    for blob in image.all_blobs().values() {
+        let r = parent_client
+            .post(format!(
+                "{parent_base}/v2/apps/nested/blobs/uploads/?digest={}",
+                blob.digest
+            ))
+            .header("Content-Type", "application/octet-stream")
+            .body(blob.bytes.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201, "blob to the TLS parent");
+    }
+    let r = parent_client
+        .put(format!("{parent_base}/v2/apps/nested/manifests/v1"))
+        .header("Content-Type", image.media_type.as_str())
+        .body(image.bytes.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    standin.put_desired(json!({
+        "name": "lowerlayer",
+        "parent": {
+            "endpoint": format!("https://$IOTEDGE_PARENTHOSTNAME:{}", parent.port),
+            "sync": {"repositories": ["apps/nested"]}
+        }
+    }));
+    let mut env = standin.edge_env();
+    env.push(("IOTEDGE_PARENTHOSTNAME".into(), "localhost".into()));
+    let module = start_module(env);
+    let reported = standin.wait_for_reported(WAIT, |r| r["sync"]["state"] == "Succeeded");
+    assert_eq!(
+        reported["parent"]["endpoint"],
+        format!("https://localhost:{}", parent.port),
+        "{reported:#}"
+    );
+    assert_eq!(
+        manifest_digest(&module.url(""), "apps/nested", "v1"),
+        Some(image.digest.clone())
+    );
+}
