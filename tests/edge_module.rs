@@ -243,6 +243,23 @@ fn the_twin_configures_the_module_which_syncs_reports_and_answers_methods() {
             .contains("sync"),
         "{unknown:?}"
     );
+
+    // A parent that does not answer is a failed sync, in the reported properties and as an
+    // event; what is here stays served.
+    standin.patch_desired(json!({"parent": {"endpoint": "http://127.0.0.1:1"}}));
+    let failed = standin.wait_for_telemetry(WAIT, is_event("syncFailed"));
+    assert_eq!(
+        failed["body"]["error"]["code"], "ParentUnreachable",
+        "{failed}"
+    );
+    standin.wait_for_reported(WAIT, |r| r["connectionState"] == "Offline");
+    let still = common::support::client()
+        .get(module.url(path))
+        .header("Accept", accept)
+        .basic_auth("line1", Some(password))
+        .send()
+        .unwrap();
+    assert_eq!(still.status(), 200);
     standin.assert_no_violations();
 }
 

@@ -145,6 +145,28 @@ impl Tracker {
                 events.push(Event::new("syncFailed", body));
             }
         }
+        // A failure outside a pass (the parent unreachable, credentials refused, activation
+        // refused) ends no pass but is a failed sync all the same.
+        let ended = sync.last_sync_end_time != old_sync.last_sync_end_time;
+        if !ended && sync.state.as_deref() != Some("Syncing") {
+            let new_failure = now.status_details.iter().find(|d| {
+                matches!(d.kind.as_str(), "Sync" | "Activation")
+                    && !last
+                        .status_details
+                        .iter()
+                        .any(|old| old.correlation_id == d.correlation_id)
+            });
+            if let Some(detail) = new_failure {
+                events.push(Event::new(
+                    "syncFailed",
+                    json!({
+                        "state": sync.state,
+                        "connectionState": now.connection_state,
+                        "error": {"code": detail.code, "description": detail.description},
+                    }),
+                ));
+            }
+        }
         let pushed = |s: &Status| s.upstream.as_ref().and_then(|u| u.last_push_time);
         if pushed(now) != pushed(last) && pushed(now).is_some() {
             events.push(Event::new(
@@ -247,6 +269,16 @@ mod tests {
         status.sync.last_sync_end_time = Some(chrono::Utc::now());
         let kinds: Vec<_> = tracker.events(&status).iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["syncCompleted"]);
+        let handle = crate::status::StatusHandle::new(status.clone());
+        handle.add_detail("Sync", "ParentUnreachable", "connection refused");
+        let failed = tracker.events(&handle.snapshot());
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].kind, "syncFailed");
+        assert_eq!(failed[0].body["error"]["code"], "ParentUnreachable");
+        assert!(
+            tracker.events(&handle.snapshot()).is_empty(),
+            "reported once"
+        );
         let mut queue = Queue::default();
         for _ in 0..QUEUE_CAPACITY + 5 {
             queue.push(Event::new("activation", json!({})));
