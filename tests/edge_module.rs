@@ -485,3 +485,47 @@ fn a_nested_module_reaches_its_parent_by_the_parent_hostname_trusting_the_edge_c
         Some(image.digest.clone())
     );
 }
+
+/// A token lives `CONNECTED_REGISTRY_SAS_TTL_SECONDS` (the SDKs' `sastoken_ttl`); before it
+/// expires the module signs a new one and reconnects with it, and the twin keeps working.
+#[test]
+fn the_sas_token_is_renewed_before_it_expires() {
+    let standin = EdgeStandin::start(EdgeOptions {
+        desired: Some(json!({"name": "renewing"})),
+        ..EdgeOptions::default()
+    });
+    let mut env = standin.edge_env();
+    env.push(("CONNECTED_REGISTRY_SAS_TTL_SECONDS".into(), "60".into()));
+    let _module = start_module(env);
+    standin.wait_for_reported(WAIT, |r| r["name"] == "renewing");
+    let signs = |counts: &Value| {
+        counts
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(route, _)| route.contains("sign"))
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+    };
+    let first_signs = signs(&standin.workload_counts());
+    assert!(first_signs >= 1);
+    assert!(
+        poll_every(Duration::from_millis(500), WAIT, || {
+            standin.module_connections().len() >= 2
+        }),
+        "no renewal: {:#?}",
+        standin.connections()
+    );
+    assert!(
+        signs(&standin.workload_counts()) > first_signs,
+        "a fresh token was signed"
+    );
+    let before = standin.twin()["reported"]["config"]["version"]
+        .as_u64()
+        .unwrap();
+    standin.patch_desired(json!({"logging": {"level": "Warning"}}));
+    standin.wait_for_reported(WAIT, |r| r["config"]["version"].as_u64() > Some(before));
+    standin.assert_no_violations();
+}

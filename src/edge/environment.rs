@@ -29,6 +29,10 @@ const DEFAULT_API_VERSION: &str = "2019-01-30";
 pub const EDGEHUB_MQTT_PORT: u16 = 8883;
 /// Not an IoT Edge variable: moves the edgeHub port, for running several stand-ins at once.
 pub const MQTT_PORT_OVERRIDE: &str = "CONNECTED_REGISTRY_EDGEHUB_PORT";
+/// Not an IoT Edge variable: the SAS token lifetime in seconds (default one hour, at least a
+/// minute), as the SDKs' `sastoken_ttl`.
+pub const SAS_TTL_OVERRIDE: &str = "CONNECTED_REGISTRY_SAS_TTL_SECONDS";
+const MIN_SAS_TTL_SECONDS: u64 = 60;
 
 #[derive(Debug, Clone)]
 pub enum Credentials {
@@ -47,6 +51,8 @@ pub struct ModuleEnvironment {
     /// Set on nested (lower-layer) devices: the parent device's hostname.
     pub parent_hostname: Option<String>,
     pub mqtt_port: u16,
+    /// Lifetime of each SAS token; a new connection with a fresh one comes at 80 % of it.
+    pub token_ttl_seconds: u64,
     pub credentials: Credentials,
 }
 
@@ -61,6 +67,17 @@ impl ModuleEnvironment {
                 EdgeError::Environment(format!("{MQTT_PORT_OVERRIDE} {p:?} is not a port"))
             })?,
             None => EDGEHUB_MQTT_PORT,
+        };
+        let token_ttl_seconds = match get(SAS_TTL_OVERRIDE) {
+            Some(t) => match t.parse::<u64>() {
+                Ok(t) if t >= MIN_SAS_TTL_SECONDS => t,
+                _ => {
+                    return Err(EdgeError::Environment(format!(
+                        "{SAS_TTL_OVERRIDE} {t:?} must be a number of seconds, at least {MIN_SAS_TTL_SECONDS}"
+                    )))
+                }
+            },
+            None => sas::TOKEN_TTL_SECONDS,
         };
         let present: Vec<&str> = RUNTIME_VARIABLES
             .iter()
@@ -84,6 +101,7 @@ impl ModuleEnvironment {
                 module_id,
                 parent_hostname: get("IOTEDGE_PARENTHOSTNAME"),
                 mqtt_port,
+                token_ttl_seconds,
                 credentials: Credentials::Workload(workload),
             }));
         }
@@ -95,12 +113,14 @@ impl ModuleEnvironment {
                         .into(),
                 )
             })?;
-            return Ok(Some(Self::from_connection_string(
+            let mut module = Self::from_connection_string(
                 &text,
                 PathBuf::from(ca_file),
                 get("IOTEDGE_PARENTHOSTNAME"),
                 mqtt_port,
-            )?));
+            )?;
+            module.token_ttl_seconds = token_ttl_seconds;
+            return Ok(Some(module));
         }
         if !present.is_empty() {
             let missing: Vec<&str> = RUNTIME_VARIABLES
@@ -157,6 +177,7 @@ impl ModuleEnvironment {
             module_id: field("ModuleId")?,
             parent_hostname,
             mqtt_port,
+            token_ttl_seconds: sas::TOKEN_TTL_SECONDS,
             credentials: Credentials::SymmetricKey { key, ca_file },
         })
     }
@@ -182,7 +203,7 @@ impl ModuleEnvironment {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let expiry = now + sas::TOKEN_TTL_SECONDS;
+        let expiry = now + self.token_ttl_seconds;
         let resource = sas::module_resource(&self.hub_hostname, &self.device_id, &self.module_id);
         let message = sas::string_to_sign(&resource, expiry);
         let signature = match &self.credentials {
