@@ -24,6 +24,6 @@ cargo clippy --all-targets --release -- -D warnings
 # The cross build keeps its own target directory outside the clone, so CI runs share it.
 cargo build --release --tests --bins
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
-./scripts/build-images.sh all
+AMD64_BINARY=target/release/connected-registry ./scripts/build-images.sh all
 cargo test --release -- --test-threads=2
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh
