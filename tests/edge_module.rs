@@ -24,6 +24,15 @@ fn start_module(env: Vec<(String, String)>) -> Registry {
     Registry::start_with_env(&[], &env)
 }
 
+/// An HTTPS client whose only root is the stand-in's edge CA.
+fn trusting_only_the_edge_ca(standin: &EdgeStandin) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
 fn kinds(telemetry: &[Value]) -> Vec<String> {
     telemetry
         .iter()
@@ -386,11 +395,7 @@ fn the_listener_serves_tls_with_a_certificate_from_the_workload_api() {
     env.extend(edge_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let module = Registry::start_with_env(&["--tls-from-workload"], &env);
     // Trusting only the edge CA, a client reaches the module by the gateway's host name.
-    let client = reqwest::blocking::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let client = trusting_only_the_edge_ca(&standin);
     let url = format!("https://localhost:{}/v2/", module.port);
     let mut answer = None;
     poll_every(Duration::from_millis(200), WAIT, || {
@@ -438,11 +443,7 @@ fn a_nested_module_reaches_its_parent_by_the_parent_hostname_trusting_the_edge_c
         key.to_str().unwrap(),
     ]);
     let image = Image::new("linux/amd64", &[random_bytes(7, 80_000)]);
-    let parent_client = reqwest::blocking::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(standin.ca_pem().as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let parent_client = trusting_only_the_edge_ca(&standin);
     let parent_base = format!("https://localhost:{}", parent.port);
     for blob in image.all_blobs().values() {
         let r = parent_client
