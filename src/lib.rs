@@ -8,6 +8,7 @@ pub mod config;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod metrics;
 pub mod node;
 pub mod oci;
 pub mod server;

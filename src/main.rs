@@ -39,6 +39,8 @@ enum Command {
     /// On a parent: the settings (connection string) a child NAME starts from, creating its
     /// sync token the first time.
     GetSettings(cli::settings::GetSettingsArgs),
+    /// Free unreferenced blobs and untagged manifests of a stopped node's data directory.
+    Gc(cli::gc::GcArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(command) => cli::token::run(command),
         Command::Deactivate(args) => cli::remote::deactivate(args),
         Command::GetSettings(args) => cli::settings::run(args),
+        Command::Gc(args) => cli::gc::run(args),
     }
 }
 

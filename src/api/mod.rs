@@ -1,5 +1,6 @@
-//! The HTTP face of the registry: the OCI Distribution API under `/v2/`, and the node-to-node
-//! endpoints under `/acr/connected-registry/v1/` ([`acr`]).
+//! The HTTP face of the registry: the OCI Distribution API under `/v2/`, the node-to-node
+//! endpoints under `/acr/connected-registry/v1/` ([`acr`]), and the probes and metrics
+//! (`/healthz`, `/readyz`, `/metrics`, in `ops`).
 //!
 //! [`Api::handle`] parses the route once and hands the request to a thin handler that validates
 //! input, calls the store and shapes the reply. Every failure is an [`Error`] rendered as OCI
@@ -11,6 +12,7 @@ mod blobs;
 pub mod children;
 mod listings;
 mod manifests;
+mod ops;
 mod quota;
 pub mod response;
 pub mod route;
@@ -31,10 +33,12 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::auth::{Authenticator, Identity};
 use crate::config::{Config, Limits, Mode};
+use crate::metrics::Metrics;
 use crate::oci::{Error, ErrorCode, RepositoryName, Result};
 use crate::status::StatusHandle;
 use crate::store::Store;
 pub(crate) use access::Realm;
+pub use ops::route_label;
 use response::{error_response, Body, Reply, DOCKER_API_VERSION};
 use route::Route;
 
@@ -53,6 +57,9 @@ pub struct Api {
     uploads: quota::UploadSlots,
     /// A request body that sends nothing for this long is cut.
     body_idle_timeout: Duration,
+    metrics: Metrics,
+    /// Storage measured for the storage gauges of `/metrics`.
+    metrics_storage: crate::metrics::StorageUsage,
 }
 
 impl Api {
@@ -60,9 +67,16 @@ impl Api {
         &self.status
     }
 
+    /// What `/metrics` reports; the server counts each request and response body into it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn new(store: Arc<Store>, status: StatusHandle) -> Api {
         Api {
             storage: acr::StorageUsage::new(store.root()),
+            metrics_storage: crate::metrics::StorageUsage::new(store.root()),
+            metrics: Metrics::new(),
             store,
             status,
             stopping: tokio::sync::watch::Sender::new(false),
@@ -95,6 +109,7 @@ impl Api {
         BodyTimeout {
             idle: self.body_idle_timeout,
             stopping: self.stopping.subscribe(),
+            received: self.metrics.received_bytes(),
         }
     }
 
@@ -156,6 +171,10 @@ impl Api {
             .extensions()
             .get::<ClientAddr>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
+        // Probes and scrapers: before identification, as the probes are open.
+        if let Some(route) = ops::OpsRoute::parse(&path) {
+            return ops::handle(self, route, req, source).await;
+        }
         if token::is_token_path(&path) {
             return token::handle(self, req, source).await;
         }
@@ -350,11 +369,13 @@ pub(crate) fn content_length<B>(req: &Request<B>) -> Result<Option<u64>> {
 /// timeout is longer, so a stalled client does not hold the stop for its whole drain.
 const STOPPING_BODY_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a request body may send nothing before it is cut.
+/// How long a request body may send nothing before it is cut (and where the bytes it sends are
+/// counted for `/metrics`).
 pub(crate) struct BodyTimeout {
     idle: Duration,
     /// Set when the server starts stopping.
     stopping: tokio::sync::watch::Receiver<bool>,
+    received: prometheus_client::metrics::counter::Counter,
 }
 
 impl BodyTimeout {
@@ -413,6 +434,7 @@ pub(crate) fn body_stream(
                 match frame {
                     Ok(frame) => {
                         if let Ok(data) = frame.into_data() {
+                            timeout.received.inc_by(data.len() as u64);
                             return Some((Ok(data), Some((body, timeout))));
                         }
                     }

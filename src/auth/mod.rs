@@ -10,6 +10,7 @@
 
 pub mod jwt;
 pub mod password;
+mod scrape;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -92,6 +93,8 @@ pub enum AnonymousAccess {
 struct TokenTable {
     tokens: HashMap<String, Arc<Token>>,
     anonymous: AnonymousAccess,
+    /// `metrics.anonymous`: `/metrics` is open without credentials.
+    metrics_anonymous: bool,
 }
 
 /// Who a request comes from.
@@ -229,6 +232,7 @@ impl Authenticator {
             table: RwLock::new(Arc::new(TokenTable {
                 tokens: HashMap::new(),
                 anonymous: AnonymousAccess::None,
+                metrics_anonymous: false,
             })),
             verified: password::VerifiedCache::default(),
             signer: jwt::Signer::default(),
@@ -250,8 +254,11 @@ impl Authenticator {
             .collect();
         let anonymous = anonymous_access(config, loopback);
         self.verified.retain(|name| tokens.contains_key(name));
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(TokenTable { tokens, anonymous });
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(TokenTable {
+            tokens,
+            anonymous,
+            metrics_anonymous: config.metrics_anonymous(),
+        });
     }
 
     fn table(&self) -> Arc<TokenTable> {

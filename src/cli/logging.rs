@@ -1,6 +1,9 @@
 //! Logging for every subcommand: a level from the configuration (ACR's names) or `RUST_LOG`,
 //! text or JSON on stderr, and a handle that changes the level of a running node at once (a
-//! new `logging.level` from the file or the module twin).
+//! new `logging.level` from the file or the module twin). Colour only on a terminal (never in
+//! `docker logs`, journald or a file) and never with `NO_COLOR` set.
+
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -18,6 +21,13 @@ pub enum LogFormat {
 
 fn filter_for(level: &str) -> EnvFilter {
     EnvFilter::new(format!("warn,connected_registry={level}"))
+}
+
+/// ANSI colour only when stderr is a terminal and `NO_COLOR` (<https://no-color.org>) is not
+/// set to something non-empty.
+fn colour_wanted() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// Install the subscriber. With `RUST_LOG` set, it rules and the level never changes;
@@ -40,7 +50,9 @@ pub fn init(
         },
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted());
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

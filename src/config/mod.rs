@@ -12,11 +12,15 @@ use serde::Deserialize;
 pub mod bootstrap;
 pub mod edit;
 mod limits;
+pub mod operations;
 pub mod schedule;
 pub mod select;
 pub mod tokens;
 pub mod watch;
 pub use limits::{open_files_limit, Limits, LimitsConfig};
+pub use operations::{
+    GarbageCollection, GarbageCollectionConfig, MetricsConfig, StorageConfig, StorageLimits,
+};
 pub use tokens::{Action, GatewayAction, RepositoryAction, TokenConfig, TokenStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,12 @@ pub struct Config {
     /// Pulls (and listings) without credentials. Off unless set, except on a loopback address
     /// with no tokens configured, where everything is open (a developer's registry).
     pub anonymous_pull: Option<bool>,
+    /// How much disk blobs may take (see [`operations`]).
+    pub storage: Option<StorageConfig>,
+    /// When unreferenced content is freed (on by default, daily).
+    pub garbage_collection: Option<GarbageCollectionConfig>,
+    /// Who may scrape `/metrics`.
+    pub metrics: Option<MetricsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -209,7 +219,52 @@ pub struct LoggingConfig {
 }
 
 impl Config {
+    /// Load and validate a TOML or JSON file. A parse error names the line, the column and
+    /// (for TOML) the key, but never quotes the file: the offending line may hold a password,
+    /// and the message is logged (the config watcher) and reported (status, module twin).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        /// serde's messages quote a value of the wrong type or shape (`invalid type: string
+        /// "…", expected …`, `integer `…``): only its kind is kept, the value may be a secret.
+        fn without_values(message: &str) -> String {
+            static QUOTED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+            let quoted = QUOTED.get_or_init(|| {
+                regex::Regex::new(
+                    r#"(string) "(?:[^"\\]|\\.)*"|(integer|floating point|boolean|character) `[^`]*`"#,
+                )
+                .expect("a valid regular expression")
+            });
+            quoted.replace_all(message, "$1$2").trim().to_owned()
+        }
+        /// The dotted key of the entry on `line` (0-based), from the table header above it and
+        /// the key before `=`; only bare keys are shown, so no value can slip through.
+        fn toml_key_at(text: &str, line: usize) -> Option<String> {
+            static BARE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+            let bare = BARE.get_or_init(|| {
+                regex::Regex::new(r"^[A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*$")
+                    .expect("a valid regular expression")
+            });
+            let clean = |k: &str| {
+                let k = k.trim();
+                bare.is_match(k)
+                    .then(|| k.split('.').map(str::trim).collect::<Vec<_>>().join("."))
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let own = lines.get(line)?.trim_start();
+            let table = lines[..line].iter().rev().find_map(|l| {
+                let l = l.trim();
+                let header = l.strip_prefix('[')?.split(']').next()?;
+                clean(header.trim_start_matches('['))
+            });
+            let key = match own.strip_prefix('[') {
+                Some(_) => None,
+                None => own.split_once('=').and_then(|(k, _)| clean(k)),
+            }?;
+            Some(match table {
+                Some(table) => format!("{table}.{key}"),
+                None => key,
+            })
+        }
+
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -217,16 +272,43 @@ impl Config {
         let is_json =
             path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
         let config: Config = if is_json {
+            // serde_json's message (`… at line L column C`) never quotes the input, only (see
+            // above) a value of the wrong kind.
             serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
                 path: path.to_owned(),
                 format: "JSON",
-                message: e.to_string(),
+                message: without_values(&e.to_string()),
             })?
         } else {
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                format: "TOML",
-                message: e.to_string(),
+            // toml's `Display` quotes the offending line: build the message from its parts.
+            toml::from_str(&text).map_err(|e| {
+                let what = without_values(e.message()).replace('\n', "; ");
+                let message = match e.span() {
+                    Some(span) => {
+                        let before = &text.as_bytes()[..span.start.min(text.len())];
+                        let line = before.iter().filter(|b| **b == b'\n').count();
+                        let line_start = before
+                            .iter()
+                            .rposition(|b| *b == b'\n')
+                            .map_or(0, |i| i + 1);
+                        let column = String::from_utf8_lossy(&before[line_start..])
+                            .chars()
+                            .count()
+                            + 1;
+                        match toml_key_at(&text, line) {
+                            Some(key) => {
+                                format!("line {}, column {column}, key `{key}`: {what}", line + 1)
+                            }
+                            None => format!("line {}, column {column}: {what}", line + 1),
+                        }
+                    }
+                    None => what,
+                };
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    format: "TOML",
+                    message,
+                }
             })?
         };
         config.validate()?;
@@ -253,6 +335,8 @@ impl Config {
             tracing_filter(&level.level)?;
         }
         self.limits()?;
+        self.storage_limits()?;
+        self.garbage_collection()?;
         tokens::validate_tokens(
             "clientTokens",
             &self.client_tokens,
@@ -298,6 +382,24 @@ impl Config {
     /// The server's limits with defaults filled in.
     pub fn limits(&self) -> Result<Limits, ConfigError> {
         self.limits.clone().unwrap_or_default().resolve()
+    }
+
+    /// The storage limits with defaults filled in.
+    pub fn storage_limits(&self) -> Result<StorageLimits, ConfigError> {
+        self.storage.clone().unwrap_or_default().resolve()
+    }
+
+    /// The garbage collection settings with defaults filled in.
+    pub fn garbage_collection(&self) -> Result<GarbageCollection, ConfigError> {
+        self.garbage_collection
+            .clone()
+            .unwrap_or_default()
+            .resolve()
+    }
+
+    /// Whether `/metrics` is open without credentials.
+    pub fn metrics_anonymous(&self) -> bool {
+        self.metrics.as_ref().is_some_and(|m| m.anonymous)
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -10,6 +10,7 @@
 //! validate is refused whole ([`Node::reject`]): the last good one keeps running and
 //! `config.error` says why.
 
+pub mod gc;
 mod initial;
 
 use std::sync::Arc;
@@ -64,6 +65,9 @@ pub struct Node {
     log_level: Option<LogLevelSetter>,
     complete: Completer,
     resync: Arc<Notify>,
+    collector: gc::Collector,
+    /// The garbage collection schedule and grace period in force; the scheduler follows it.
+    gc_settings: watch::Sender<crate::config::GarbageCollection>,
     running: tokio::sync::Mutex<Running>,
 }
 
@@ -92,6 +96,13 @@ impl Node {
     /// Start the parts that run beside the server (sync) with `config`, already completed and
     /// validated. Must be called inside the runtime.
     pub fn start(config: Config, options: NodeOptions) -> anyhow::Result<Arc<Node>> {
+        let collector = gc::Collector::new(
+            options.store.clone(),
+            config.limits()?.upload_session_max_age,
+        );
+        let (gc_settings, gc_watch) = watch::channel(config.garbage_collection()?);
+        apply_storage(&options.store, &config)?;
+        collector.spawn_schedule(gc_watch);
         let node = Arc::new(Node {
             store: options.store,
             api: options.api,
@@ -100,6 +111,8 @@ impl Node {
             log_level: options.log_level,
             complete: options.complete,
             resync: Arc::new(Notify::new()),
+            collector,
+            gc_settings,
             running: tokio::sync::Mutex::new(Running {
                 config: config.clone(),
                 sync: None,
@@ -116,6 +129,11 @@ impl Node {
             s.config.error = None;
         });
         Ok(node)
+    }
+
+    /// Runs garbage collection now or on its schedule.
+    pub fn collector(&self) -> &gc::Collector {
+        &self.collector
     }
 
     pub fn api(&self) -> &Arc<Api> {
@@ -180,6 +198,12 @@ impl Node {
             if let Err(e) = set(&logging.level) {
                 tracing::warn!(error = %e, "could not change the log level");
             }
+        }
+        if let Err(e) = apply_storage(&self.store, &new) {
+            tracing::warn!(error = %e, "could not apply the storage settings");
+        }
+        if let Ok(gc) = new.garbage_collection() {
+            self.gc_settings.send_replace(gc);
         }
         let restart_only = restart_only_changes(&old, &new);
         if !restart_only.is_empty() {
@@ -289,6 +313,14 @@ async fn stop_sync(task: SyncTask) {
         tracing::warn!("the sync task did not stop within {SYNC_STOP_TIMEOUT:?}; aborting it");
         handle.abort();
     }
+}
+
+/// Storage limits and what may be evicted follow the configuration.
+fn apply_storage(store: &Store, config: &Config) -> Result<(), ConfigError> {
+    store.set_storage_limits(config.storage_limits()?);
+    store.set_has_parent(config.parent.is_some());
+    store.set_grace_period(config.garbage_collection()?.grace_period);
+    Ok(())
 }
 
 /// The fields that changed between `old` and `new` that only a restart can apply.

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use hyper::service::service_fn;
@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::response::error_response;
-use crate::api::Api;
+use crate::api::{route_label, Api};
 use crate::config::Limits;
 use crate::oci::{Error, ErrorCode};
 use admission::{Admission, RateLimited};
@@ -173,7 +173,9 @@ async fn serve_connection<I>(
             let activity = activity.clone();
             async move {
                 let handling = activity.handling();
-                let response = AssertUnwindSafe(api.handle(req))
+                let (method, route) = (req.method().clone(), route_label(req.uri().path()));
+                let started = Instant::now();
+                let response = AssertUnwindSafe(api.clone().handle(req))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| {
@@ -181,7 +183,9 @@ async fn serve_connection<I>(
                         error_response(&Error::new(ErrorCode::Unknown, "internal error"))
                     });
                 drop(handling);
-                Ok::<_, Infallible>(response.map(|body| activity.track(body)))
+                let metrics = api.metrics();
+                metrics.observe(route, &method, response.status(), started.elapsed());
+                Ok::<_, Infallible>(response.map(|body| activity.track(metrics.count_sent(body))))
             }
         })
     };

@@ -77,12 +77,13 @@ impl BlobFiles {
     }
 
     /// Make the fully written file at `src` the blob `digest`: fsync it, rename it into place and
-    /// fsync the directory. If the blob already exists the source is simply removed.
-    pub fn commit(&self, src: &Path, digest: &Digest) -> Result<()> {
+    /// fsync the directory. If the blob already exists the source is simply removed and the
+    /// existing file claimed (see [`BlobFiles::claim`]). Returns whether a new file was placed.
+    pub fn commit(&self, src: &Path, digest: &Digest) -> Result<bool> {
         let dest = self.path(digest);
-        if dest.is_file() {
+        if self.claim(digest) {
             fs::remove_file(src).context(|| format!("removing {src:?}"))?;
-            return Ok(());
+            return Ok(false);
         }
         File::open(src)
             .and_then(|f| f.sync_all())
@@ -91,7 +92,35 @@ impl BlobFiles {
         fs::create_dir_all(dir).context(|| format!("creating {dir:?}"))?;
         fs::rename(src, &dest).context(|| format!("renaming {src:?} to {dest:?}"))?;
         sync_dir(dir)?;
-        Ok(())
+        self.claim(digest);
+        Ok(true)
+    }
+
+    /// Whether the blob file exists; if it does, its modification time becomes now, which tells
+    /// garbage collection it was just written or linked (its grace period starts again).
+    pub fn claim(&self, digest: &Digest) -> bool {
+        match File::open(self.path(digest)) {
+            Ok(file) => {
+                let _ = file.set_modified(std::time::SystemTime::now());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Delete the blob file; returns the bytes freed (0 if it was already gone).
+    pub fn remove(&self, digest: &Digest) -> Result<u64> {
+        let path = self.path(digest);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).context(|| format!("reading {path:?}")),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).context(|| format!("removing blob file {path:?}")),
+        }
     }
 
     /// Streams the blob file in `IO_CHUNK` pieces from `start` for `len` bytes.

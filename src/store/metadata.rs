@@ -35,6 +35,11 @@ pub(super) struct Trees {
     pub sync_state: sled::Tree,
     /// sequence (u64 BE) → [`super::outbox::OutboxEntry`] JSON: local changes for the parent
     pub outbox: sled::Tree,
+    /// repo\0tag → where the tag came from and when it was last pulled (see `super::evict`)
+    pub tag_use: sled::Tree,
+    /// repo\0tag → the digest an evicted tag pointed at and the bytes it took (see
+    /// `super::evict`): not synced again while it would not fit
+    pub evicted: sled::Tree,
 }
 
 impl Trees {
@@ -51,6 +56,8 @@ impl Trees {
             changes: db.open_tree("changes")?,
             sync_state: db.open_tree("sync_state")?,
             outbox: db.open_tree("outbox")?,
+            tag_use: db.open_tree("tag_use")?,
+            evicted: db.open_tree("evicted")?,
         })
     }
 }

@@ -30,8 +30,7 @@ impl Store {
             Ok(m) => m.len(),
             Err(_) => return Ok(false),
         };
-        self.link_blob(repo, digest, size).await?;
-        Ok(true)
+        self.link_blob(repo, digest, size).await
     }
 
     /// Make the verified, fsync'd file at `path` blob `digest` of `repo`.
@@ -46,10 +45,21 @@ impl Store {
             .len();
         let files = self.files.clone();
         let d = digest.clone();
-        tokio::task::spawn_blocking(move || files.commit(&path, &d))
-            .await
-            .map_err(|e| crate::oci::Error::new(crate::oci::ErrorCode::Unknown, e.to_string()))??;
-        self.link_blob(repo, digest, size).await
+        {
+            let _claim = self.claims.read().await;
+            let placed = tokio::task::spawn_blocking(move || files.commit(&path, &d))
+                .await
+                .map_err(|e| {
+                    crate::oci::Error::new(crate::oci::ErrorCode::Unknown, e.to_string())
+                })??;
+            if placed {
+                self.account(size);
+            }
+            let guard = self.locks.lock(repo);
+            self.link_blob_locked(&guard, repo, digest, size)?;
+        }
+        super::counters::Counters::add(&self.counters.synced_bytes, size);
+        self.flush().await
     }
 
     /// The digest `tag` points at in `repo`, if any.

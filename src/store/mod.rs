@@ -13,7 +13,11 @@ mod aliases;
 pub mod blobs;
 pub mod changes;
 pub mod children;
+mod counters;
 mod deletes;
+mod evict;
+pub mod format;
+pub mod gc;
 mod listings;
 mod locks;
 mod metadata;
@@ -21,10 +25,13 @@ mod mirror;
 pub mod outbox;
 pub mod sweep;
 mod uploads;
+pub mod usage;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -70,6 +77,17 @@ pub struct Store {
     last_change: tokio::sync::watch::Sender<u64>,
     /// Local pushes and deletes are recorded in the outbox for the parent (see [`outbox`]).
     upstream: std::sync::atomic::AtomicBool,
+    counters: counters::Counters,
+    /// Shared by every writer across its blob file commit and the transaction that links it
+    /// (or the manifest transaction); exclusive while garbage collection or eviction decides
+    /// which blob files and manifest records nothing links, so none is deleted as it is linked.
+    claims: tokio::sync::RwLock<()>,
+    storage_limits: std::sync::RwLock<crate::config::StorageLimits>,
+    has_parent: AtomicBool,
+    /// Bytes the blob files take (see [`usage`]).
+    used: AtomicU64,
+    /// Garbage collection's grace period, which eviction respects too (milliseconds).
+    grace_ms: AtomicU64,
 }
 
 impl Store {
@@ -77,6 +95,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Arc<Store>> {
         use crate::oci::error::IoContext;
         std::fs::create_dir_all(root).context(|| format!("creating data directory {root:?}"))?;
+        let found_format = format::read_format(root)?;
         let db = sled::Config::new()
             .path(root.join("metadata"))
             .cache_capacity(8 * 1024 * 1024)
@@ -103,7 +122,14 @@ impl Store {
             locks: RepoLocks::new(),
             last_change: tokio::sync::watch::Sender::new(newest),
             upstream: std::sync::atomic::AtomicBool::new(false),
+            counters: counters::Counters::default(),
+            claims: tokio::sync::RwLock::new(()),
+            storage_limits: std::sync::RwLock::new(Default::default()),
+            has_parent: AtomicBool::new(false),
+            used: AtomicU64::new(0),
+            grace_ms: AtomicU64::new(3_600_000),
         };
+        store.migrate(found_format)?;
         let removed = store.files.clean_temp()?;
         let (stale_files, stale_records) = store.reconcile_uploads()?;
         if removed + stale_files + stale_records > 0 {
@@ -114,7 +140,42 @@ impl Store {
                 "cleaned up after an unclean stop"
             );
         }
-        Ok(Arc::new(store))
+        let store = Arc::new(store);
+        store.spawn_usage_walk();
+        Ok(store)
+    }
+
+    /// Bring a directory of an older data format up to [`format::CURRENT_FORMAT`] (each step
+    /// idempotent, the new format recorded only once the metadata is durable).
+    fn migrate(&self, found: Option<u32>) -> Result<()> {
+        if found == Some(format::CURRENT_FORMAT) {
+            return Ok(());
+        }
+        if let Some(old) = found {
+            if old < 2 {
+                let tags = self.migrate_tag_use()?;
+                tracing::info!(
+                    from = old,
+                    to = 2,
+                    tags,
+                    "migrated the data directory: tags now record their origin and last pull"
+                );
+            }
+            self.db.flush()?;
+        }
+        format::write_current(&self.root)
+    }
+
+    /// The grace period of garbage collection and eviction (applied live).
+    pub fn set_grace_period(&self, grace: Duration) {
+        self.grace_ms.store(
+            grace.as_millis().min(u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn root(&self) -> &Path {
@@ -194,19 +255,25 @@ impl Store {
         let Some(size) = self.blob_size(from, digest)? else {
             return Ok(None);
         };
-        if !self.files.exists(digest) {
+        if !self.link_blob(repo, digest, size).await? {
             return Ok(None);
         }
-        self.link_blob(repo, digest, size).await?;
         Ok(Some(size))
     }
 
-    async fn link_blob(&self, repo: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
+    /// Link the blob file of `digest` (which must exist) into `repo`. `Ok(false)` when the file
+    /// is gone (garbage collection took it first).
+    async fn link_blob(&self, repo: &RepositoryName, digest: &Digest, size: u64) -> Result<bool> {
         {
+            let _claim = self.claims.read().await;
+            if !self.files.claim(digest) {
+                return Ok(false);
+            }
             let guard = self.locks.lock(repo);
             self.link_blob_locked(&guard, repo, digest, size)?;
         }
-        self.flush().await
+        self.flush().await?;
+        Ok(true)
     }
 
     fn link_blob_locked(
@@ -244,15 +311,21 @@ impl Store {
             let actual = appended.hasher.expect("hasher given").finish();
             verify_digest(digest, &actual)?;
             drop(appended.file);
-            self.files.commit(&tmp_path, digest)?;
+            self.make_room(appended.written).await?;
+            {
+                let _claim = self.claims.read().await;
+                if self.files.commit(&tmp_path, digest)? {
+                    self.account(appended.written);
+                }
+                let guard = self.locks.lock(repo);
+                self.link_blob_locked(&guard, repo, digest, appended.written)?;
+            }
+            self.flush().await?;
             Ok(appended.written)
         }
         .await;
         match result {
-            Ok(size) => {
-                self.link_blob(repo, digest, size).await?;
-                Ok(size)
-            }
+            Ok(size) => Ok(size),
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp_path);
                 Err(e)
@@ -280,6 +353,9 @@ impl Store {
             }
             Reference::Digest(d) => d.clone(),
         };
+        if let Reference::Tag(tag) = reference {
+            self.note_pull(repo, tag.as_str());
+        }
         let (stored, link) = self
             .manifest_link(repo, &digest)?
             .ok_or_else(|| manifest_unknown(reference))?;
@@ -376,6 +452,13 @@ impl Store {
             .map_err(|e| Error::new(ErrorCode::Unknown, e.to_string()))?;
 
         let media_code = [metadata::media_type_code(parsed.media_type)];
+        let tag_origin = if require_children {
+            evict::PUSHED_HERE
+        } else {
+            evict::SYNCED
+        };
+        let tag_use = evict::encode_use(tag_origin, evict::now_secs());
+        let claim = self.claims.read().await;
         let guard = self.locks.lock(repo);
         // Mirrored content never moves a tag a local push has not yet taken upstream.
         if !upstream {
@@ -386,8 +469,8 @@ impl Store {
             }
         }
         let t = &self.trees;
-        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes, &t.outbox)
-            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes, outbox_tree)| {
+        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes, &t.outbox, &t.tag_use)
+            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes, outbox_tree, tag_uses)| {
                 for blob in &parsed.blobs {
                     if blob_links.get(key2(repo.as_str(), &blob.to_string()))?.is_none() {
                         return abort(Error::new(
@@ -422,6 +505,7 @@ impl Store {
                 }
                 let mut previous_digest = None;
                 if let Some(tag) = &tag {
+                    tag_uses.insert(key2(repo.as_str(), tag.as_str()), &tag_use)?;
                     let previous = tags.insert(key2(repo.as_str(), tag.as_str()), digest_str.as_bytes())?;
                     let moved = previous.as_deref() != Some(digest_str.as_bytes());
                     if moved && !new_in_repo {
@@ -449,6 +533,7 @@ impl Store {
                 Ok(())
             })?;
         drop(guard);
+        drop(claim);
         self.flush().await?;
         Ok(PutManifest {
             digest: match reference {

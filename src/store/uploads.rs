@@ -187,7 +187,19 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(upload_unknown(repo, id)),
             opened => opened.context(|| format!("opening {path:?}"))?,
         };
-        let appended = append_stream(file, hasher, body, offset).await?;
+        let appended = match append_stream(file, hasher, body, offset).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                if e.code() == ErrorCode::InsufficientStorage {
+                    // The disk is full: give this request's bytes back; the session stays as
+                    // it was before it, for the client to resume once there is room.
+                    if let Ok(file) = OpenOptions::new().write(true).open(path) {
+                        let _ = file.set_len(offset);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let new_offset = offset + appended.written;
         running.state = appended.hasher.map(|h| (new_offset, h));
         if let Some(e) = appended.body_error {
@@ -233,14 +245,22 @@ impl Store {
             self.uploads.forget(id);
             return Err(e);
         }
+        // Kept whole when it does not fit: the client may finish it once there is room.
+        self.make_room(size).await?;
         let files = self.files.clone();
         let (src, d) = (path.clone(), digest.clone());
-        tokio::task::spawn_blocking(move || files.commit(&src, &d))
-            .await
-            .map_err(|e| Error::new(ErrorCode::Unknown, format!("commit task failed: {e}")))??;
         let t = &self.trees;
         let link = key2(repo.as_str(), &digest.to_string());
         {
+            let _claim = self.claims.read().await;
+            let placed = tokio::task::spawn_blocking(move || files.commit(&src, &d))
+                .await
+                .map_err(|e| {
+                    Error::new(ErrorCode::Unknown, format!("commit task failed: {e}"))
+                })??;
+            if placed {
+                self.account(size);
+            }
             let _repo_lock = self.locks.lock(repo);
             (&t.uploads, &t.blob_links, &t.repos).transaction(|(uploads, links, repos)| {
                 uploads.remove(id.to_string().as_bytes())?;

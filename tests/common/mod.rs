@@ -70,8 +70,17 @@ impl Registry {
 
     /// Start with extra arguments and environment variables (ACR's container variables).
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Registry {
+        Self::start_in(None, extra_args, env)
+    }
+
+    /// Start with its data in `data_dir` (else a fresh temporary directory).
+    pub fn start_in(
+        data_dir: Option<PathBuf>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Registry {
         let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut r = Registry {
             port: free_port(),
             data_dir,

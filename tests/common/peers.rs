@@ -710,10 +710,15 @@ impl Node {
 
     /// A node started with `config` as its `--config` file.
     pub fn with_config(config: Value) -> Node {
+        Node::with_config_in(config, None)
+    }
+
+    /// [`Node::with_config`] with its data in `data_dir` (a small filesystem, a fixture).
+    pub fn with_config_in(config: Value, data_dir: Option<PathBuf>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("child.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let reg = Registry::start_with(&["--config", config_path.to_str().unwrap()]);
+        let reg = Registry::start_in(data_dir, &["--config", config_path.to_str().unwrap()], &[]);
         Node {
             reg,
             config_path,

@@ -3,8 +3,8 @@
 //! it), readers over it that can pause or throttle mid-body, and checks on OCI errors and on the
 //! blob files on disk.
 
-use std::io::{self, Read};
-use std::path::Path;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -309,6 +309,65 @@ pub fn absolute(base: &str, location: &str) -> String {
         location.to_owned()
     } else {
         format!("{base}{location}")
+    }
+}
+
+/// A small tmpfs mounted for one test (a data volume that fills up), unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size_mib: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volume");
+        std::fs::create_dir(&path).unwrap();
+        crate::common::run(
+            std::process::Command::new(crate::common::require("mount")).args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ]),
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// Bytes free on it.
+    pub fn available(&self) -> u64 {
+        let out = crate::common::run(
+            std::process::Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.path),
+        );
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// Fill it with a file at `name` until only `leave` bytes are free.
+    pub fn fill_leaving(&self, name: &str, leave: u64) {
+        let size = self.available().saturating_sub(leave);
+        let file = std::fs::File::create(self.path.join(name)).unwrap();
+        let mut w = io::BufWriter::new(file);
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        w.flush().unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }
 

@@ -152,15 +152,26 @@ impl SyncEngine {
             }
         }
         let failures = result?;
-        tracing::info!(
-            trigger = trigger.as_str(),
-            repositories = progress.repositories.done,
-            manifests = progress.manifests.done,
-            blobs = progress.blobs.done,
-            bytes = progress.bytes.done,
-            failures = failures.len(),
-            "sync pass finished"
-        );
+        // A pass that found nothing to fetch is routine: every few seconds on an idle child.
+        let changed = progress.manifests.total > 0 || progress.blobs.total > 0;
+        macro_rules! pass_finished {
+            ($level:ident) => {
+                tracing::$level!(
+                    trigger = trigger.as_str(),
+                    repositories = progress.repositories.done,
+                    manifests = progress.manifests.done,
+                    blobs = progress.blobs.done,
+                    bytes = progress.bytes.done,
+                    failures = failures.len(),
+                    "sync pass finished"
+                )
+            };
+        }
+        if changed || !failures.is_empty() {
+            pass_finished!(info);
+        } else {
+            pass_finished!(debug);
+        }
         Ok(PassSummary { progress, failures })
     }
 
@@ -334,6 +345,8 @@ impl SyncEngine {
             }
             return self.sync_referrers(repo, &remote).await;
         }
+        // A tag evicted for room is not fetched again while it still would not fit.
+        self.store.check_evicted(repo, tag, &remote)?;
         self.progress(|p| p.manifests.total += 1);
         let (media_type, bytes) = self.fetch_tree(repo, remote.clone(), None, true).await?;
         // By digest first, then its referrers, then the tag: the tag is the last thing visible.

@@ -282,7 +282,12 @@ impl SyncEngine {
             .await
             .expect("semaphore is never closed");
         self.progress(|p| p.bytes.total += size);
+        // Room for what is left to download, evicting least recently pulled synced tags if
+        // needed; when nothing more can go, the tag fails with DiskError and the pass goes on.
         let partial = self.store.partial_path(digest);
+        self.store
+            .make_room(size.saturating_sub(partial_len(&partial)))
+            .await?;
         let mut left = BLOB_ATTEMPTS;
         let mut pause = BLOB_RETRY_BASE;
         loop {
@@ -312,7 +317,14 @@ impl SyncEngine {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(BLOB_RETRY_CAP);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if matches!(e, SyncError::Disk(_)) {
+                        // A full disk: the partial download is given back rather than kept to
+                        // resume; nothing else can be written until there is room.
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    return Err(e);
+                }
             }
         }
         // The whole blob is done, including bytes a resumed download already had.

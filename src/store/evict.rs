@@ -1,0 +1,308 @@
+//! Staying within `storage.maxSize` and `storage.minFree`: room is made before bytes are
+//! written, by evicting the least recently pulled synced tags (they can be synced again).
+//!
+//! The `tag_use` tree records, per tag, where it came from and when it was last pulled:
+//! `repo\0tag → [origin, seconds since the epoch (u64 BE)]`. Tags pushed here are never evicted;
+//! neither is anything the upstream outbox still has to push. Tags from before the data format
+//! recorded their origin count as synced only on a node with a parent. A pull updates the time
+//! at most once a second, so
+//! pulls stay reads.
+//!
+//! Eviction removes the tag like sync's pruning does (with its change event), then the
+//! manifests and blob links only that tag kept, then the blob files no repository links any
+//! more, under the exclusive side of the claim lock like garbage collection.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::counters::Counters;
+use super::metadata::{decode_digest, key2};
+use super::Store;
+use crate::config::StorageLimits;
+use crate::oci::{Digest, Error, ErrorCode, RepositoryName, Result, Tag};
+
+/// Origin byte of a tag pushed by a client of this node.
+pub(super) const PUSHED_HERE: u8 = 0;
+/// Origin byte of a tag mirrored from the parent.
+pub(super) const SYNCED: u8 = 1;
+/// Origin byte of a tag from before origins were recorded (data format 1).
+pub(super) const ORIGIN_UNKNOWN: u8 = 2;
+
+/// A pull moves a tag's last-use time only when it is older than this.
+const PULL_RESOLUTION_SECS: u64 = 1;
+
+pub(super) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn encode_use(origin: u8, secs: u64) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[0] = origin;
+    v[1..].copy_from_slice(&secs.to_be_bytes());
+    v
+}
+
+fn decode_use(v: &[u8]) -> (u8, u64) {
+    match v.split_first() {
+        Some((&origin, rest)) => (origin, super::metadata::decode_u64(rest)),
+        None => (ORIGIN_UNKNOWN, 0),
+    }
+}
+
+impl Store {
+    /// The limits blobs must stay within (applied live).
+    pub fn set_storage_limits(&self, limits: StorageLimits) {
+        *self
+            .storage_limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// Whether this node has a parent, so tags of unknown origin can be synced again.
+    pub fn set_has_parent(&self, has_parent: bool) {
+        self.has_parent.store(has_parent, Ordering::Relaxed);
+    }
+
+    /// Bytes the blob files take, as far as known.
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Note a pull of `tag`: moves its last-use time for eviction (pushed tags are not tracked).
+    pub(super) fn note_pull(&self, repo: &RepositoryName, tag: &str) {
+        let key = key2(repo.as_str(), tag);
+        let Ok(Some(value)) = self.trees.tag_use.get(&key) else {
+            return;
+        };
+        let (origin, last) = decode_use(&value);
+        let now = now_secs();
+        if origin != PUSHED_HERE && now.saturating_sub(last) >= PULL_RESOLUTION_SECS {
+            // Not flushed on its own: the next flush (at most a second away) takes it along.
+            let _ = self.trees.tag_use.insert(key, &encode_use(origin, now));
+        }
+    }
+
+    /// Format 1 → 2: every existing tag gets a use record of unknown origin, used now.
+    pub(super) fn migrate_tag_use(&self) -> Result<usize> {
+        let now = now_secs();
+        let mut batch = sled::Batch::default();
+        let mut count = 0;
+        for key in self.trees.tags.iter().keys() {
+            batch.insert(key?, &encode_use(ORIGIN_UNKNOWN, now));
+            count += 1;
+        }
+        self.trees.tag_use.apply_batch(batch)?;
+        Ok(count)
+    }
+
+    /// Why `bytes` more do not fit, or `None` when they do.
+    fn shortfall(&self, bytes: u64) -> Option<String> {
+        let limits = *self
+            .storage_limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let used = self.used_bytes();
+        if let Some(max) = limits.max_size {
+            if used.saturating_add(bytes) > max {
+                return Some(format!(
+                    "storing {} more would exceed storage.maxSize ({} of {} used)",
+                    bytesize::ByteSize(bytes),
+                    bytesize::ByteSize(used),
+                    bytesize::ByteSize(max)
+                ));
+            }
+        }
+        if let Ok(free) = super::usage::available_bytes(&self.root) {
+            if free < bytes.saturating_add(limits.min_free) {
+                return Some(format!(
+                    "storing {} more would leave less than storage.minFree ({}) free on the data volume ({} free)",
+                    bytesize::ByteSize(bytes),
+                    bytesize::ByteSize(limits.min_free),
+                    bytesize::ByteSize(free)
+                ));
+            }
+        }
+        None
+    }
+
+    /// Make room for `bytes` more, evicting least recently pulled synced tags as needed. Fails
+    /// with `INSUFFICIENT_STORAGE` (507) saying which limit holds when nothing more can go.
+    pub async fn make_room(&self, bytes: u64) -> Result<()> {
+        let mut evicted = 0;
+        while let Some(why) = self.shortfall(bytes) {
+            let Some((repo, tag)) = self.least_recently_pulled()? else {
+                let more = if evicted > 0 {
+                    format!(" after evicting {evicted} synced tag(s)")
+                } else {
+                    String::new()
+                };
+                return Err(Error::new(
+                    ErrorCode::InsufficientStorage,
+                    format!("{why}{more}; nothing else can be evicted (tags pushed here are kept)"),
+                ));
+            };
+            let exclusive = self.claims.write().await;
+            let freed = self.evict_tag(&repo, &tag)?;
+            drop(exclusive);
+            evicted += 1;
+            tracing::info!(repository = %repo, %tag, freed_bytes = freed, "evicted a synced tag to stay within the storage limits");
+        }
+        if evicted > 0 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The synced tag pulled least recently that may be evicted.
+    fn least_recently_pulled(&self) -> Result<Option<(RepositoryName, Tag)>> {
+        let unknown_is_synced = self.has_parent.load(Ordering::Relaxed);
+        let mut best: Option<(u64, Vec<u8>)> = None;
+        let mut stale = sled::Batch::default();
+        for item in self.trees.tag_use.iter() {
+            let (key, value) = item?;
+            let (origin, last) = decode_use(&value);
+            let evictable = origin == SYNCED || (origin == ORIGIN_UNKNOWN && unknown_is_synced);
+            if !evictable || best.as_ref().is_some_and(|(t, _)| *t <= last) {
+                continue;
+            }
+            if !self.trees.tags.contains_key(&key)? {
+                stale.remove(key);
+                continue;
+            }
+            best = Some((last, key.to_vec()));
+        }
+        self.trees.tag_use.apply_batch(stale)?;
+        let Some((_, key)) = best else {
+            return Ok(None);
+        };
+        let at = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+        let repo = String::from_utf8_lossy(&key[..at]).parse::<RepositoryName>();
+        let tag = String::from_utf8_lossy(key.get(at + 1..).unwrap_or_default()).parse::<Tag>();
+        match (repo, tag) {
+            (Ok(repo), Ok(tag)) => {
+                if self.outbox_holds(repo.as_str(), Some(tag.as_str()), None)? {
+                    // Waiting to go upstream: never evicted. Mark it pushed here so it is not
+                    // picked again.
+                    self.trees
+                        .tag_use
+                        .insert(&key, &encode_use(PUSHED_HERE, now_secs()))?;
+                    return self.least_recently_pulled();
+                }
+                Ok(Some((repo, tag)))
+            }
+            _ => {
+                self.trees.tag_use.remove(&key)?;
+                self.least_recently_pulled()
+            }
+        }
+    }
+
+    /// Remove `tag` and what only it kept; returns the bytes of blob files deleted. The caller
+    /// holds the exclusive side of the claim lock.
+    fn evict_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<u64> {
+        let key = key2(repo.as_str(), tag.as_str());
+        let (manifests, blobs) = {
+            let guard = self.locks.lock(repo);
+            let Some(target) = self.trees.tags.get(&key)? else {
+                self.trees.tag_use.remove(&key)?;
+                return Ok(0);
+            };
+            let digest = decode_digest(&target)?.to_string();
+            let (manifests, blobs) = self.live_in(repo, &HashSet::from([digest.clone()]))?;
+            let mut size = 0u64;
+            for blob in &blobs {
+                if let Ok(blob) = blob.parse::<Digest>() {
+                    size += self.blob_size(repo, &blob)?.unwrap_or(0);
+                }
+            }
+            let record = serde_json::json!({ "digest": digest, "bytes": size });
+            self.trees
+                .evicted
+                .insert(&key, serde_json::to_vec(&record).unwrap_or_default())?;
+            self.delete_tag_locked(&guard, repo, tag, false)?;
+            self.trees.tag_use.remove(&key)?;
+            // What the outbox holds stays; so does what was pushed within the grace period,
+            // unless it is what this tag kept.
+            let cutoff = SystemTime::now() - self.grace();
+            let mut keep: HashSet<String> = self
+                .recently_pushed(cutoff)?
+                .remove(repo.as_str())
+                .unwrap_or_default();
+            keep.retain(|d| !manifests.contains(d));
+            keep.extend(
+                self.outbox_digests()?
+                    .remove(repo.as_str())
+                    .unwrap_or_default(),
+            );
+            self.sweep_repository(&guard, repo, &keep, cutoff, &blobs, false)?;
+            (manifests, blobs)
+        };
+        let repos: Vec<sled::IVec> = self
+            .trees
+            .repos
+            .iter()
+            .keys()
+            .collect::<std::result::Result<_, _>>()?;
+        let linked_anywhere = |tree: &sled::Tree, digest: &str| -> Result<bool> {
+            for name in &repos {
+                if tree.contains_key(key2(&String::from_utf8_lossy(name), digest))? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        for digest in &manifests {
+            if !linked_anywhere(&self.trees.manifest_links, digest)? {
+                self.trees.manifests.remove(digest.as_bytes())?;
+            }
+        }
+        let mut freed = 0;
+        for digest in &blobs {
+            if linked_anywhere(&self.trees.blob_links, digest)? {
+                continue;
+            }
+            let Ok(parsed) = digest.parse::<Digest>() else {
+                continue;
+            };
+            freed += self.files.remove(&parsed)?;
+        }
+        self.release(freed);
+        Counters::add(&self.counters.evicted_tags, 1);
+        Ok(freed)
+    }
+
+    /// `Err(INSUFFICIENT_STORAGE)` when `tag` was evicted while pointing at `digest` and would
+    /// still not fit; the record is dropped once it would (or the tag moved at the parent).
+    pub fn check_evicted(&self, repo: &RepositoryName, tag: &str, digest: &Digest) -> Result<()> {
+        let key = key2(repo.as_str(), tag);
+        let Some(value) = self.trees.evicted.get(&key)? else {
+            return Ok(());
+        };
+        let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+        let same = record["digest"].as_str() == Some(digest.to_string().as_str());
+        let bytes = record["bytes"].as_u64().unwrap_or(0);
+        if same {
+            if let Some(why) = self.shortfall(bytes) {
+                return Err(Error::new(
+                    ErrorCode::InsufficientStorage,
+                    format!("{repo}:{tag} was evicted to stay within the storage limits and still does not fit: {why}"),
+                ));
+            }
+        }
+        self.trees.evicted.remove(&key)?;
+        Ok(())
+    }
+
+    /// `bytes` of blob files were deleted.
+    pub(super) fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+        Counters::add(&self.counters.freed_bytes, bytes);
+    }
+}
