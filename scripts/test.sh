@@ -16,6 +16,11 @@ fi
 python3 -c 'import oras' 2>/dev/null || pip install -q oras==0.2.43
 # Microsoft's device SDK proves the IoT Edge stand-in faithful (tests/edge_standin.rs).
 python3 -c 'import azure.iot.device' 2>/dev/null || pip install -q azure-iot-device==2.14.0
+# A real Prometheus text parser reads /metrics (tests/metrics.rs); kubernetes-validate checks the
+# rendered manifests (tests/kubernetes.rs) and kubectl renders them with kustomize.
+python3 -c 'import prometheus_client' 2>/dev/null || pip install -q prometheus-client==0.26.0
+command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate==1.37.0
+command -v kubectl >/dev/null || apt-get install -y -qq --no-install-recommends kubernetes-client
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings

@@ -230,7 +230,7 @@ fn gc_on_a_schedule_while_clients_push_and_a_child_syncs_loses_nothing_live() {
     let r = request(
         reqwest::Method::PUT,
         &base,
-        &format!("{location}&digest={}", slow.digest).replace("?&", "?"),
+        &common::support::finish_url(&location, &slow.digest),
         &[("Content-Type", "application/octet-stream")],
         Some(slow.bytes[100_000..].to_vec()),
     );

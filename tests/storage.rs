@@ -132,7 +132,7 @@ fn a_push_that_does_not_fit_is_refused_with_507_and_fits_once_the_limit_is_raise
     assert_eq!(r.status, 202);
     let location = common::support::absolute(&base, r.header("location").unwrap());
     let finish = client
-        .put(format!("{location}&digest={}", big.digest).replace("?&", "?"))
+        .put(common::support::finish_url(&location, &big.digest))
         .header("Content-Type", "application/octet-stream")
         .body(big.bytes.clone())
         .send()

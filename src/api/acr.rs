@@ -5,8 +5,7 @@
 //! on a separate port. A waiting long-poll holds no thread (it awaits the store's change watch)
 //! and returns as soon as the server starts stopping, so it never delays a graceful shutdown.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
@@ -34,8 +33,6 @@ pub const PAGE_LIMIT: usize = 1000;
 /// `messageTtl` a configuration accepts.
 pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=90 * 24 * 60 * 60;
 
-/// How long a measured storage usage is reused before the blob directory is walked again.
-const USAGE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// The endpoints this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,13 +164,11 @@ async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Resu
     Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))
 }
 
-/// `GET …/status`: the status model, with storage measured now (usage at most a minute old).
+/// `GET …/status`: the status model, with the store's storage figures as of now.
 async fn status(api: &Api) -> Result<Reply> {
-    let (used, available) = api.storage.measure().await;
+    let (used, available) = api.storage();
     api.status.update(|s| {
-        if let Some(used) = used {
-            s.storage.used_bytes = used;
-        }
+        s.storage.used_bytes = used;
         if let Some(available) = available {
             s.storage.available_bytes = available;
         }
@@ -211,87 +206,6 @@ impl Api {
     }
 }
 
-/// Storage used by blobs (walked at most once a minute) and free space for the data directory.
-pub(super) struct StorageUsage {
-    data_dir: PathBuf,
-    used: tokio::sync::Mutex<Option<(Instant, u64)>>,
-}
-
-impl StorageUsage {
-    pub(super) fn new(data_dir: &Path) -> StorageUsage {
-        StorageUsage {
-            data_dir: data_dir.to_owned(),
-            used: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// `(used, available)` bytes; a part that cannot be measured is `None` (and logged).
-    async fn measure(&self) -> (Option<u64>, Option<u64>) {
-        let available = match available_bytes(&self.data_dir) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::warn!(error = %e, dir = %self.data_dir.display(), "statvfs failed");
-                None
-            }
-        };
-        let mut cached = self.used.lock().await;
-        if let Some((at, used)) = *cached {
-            if at.elapsed() < USAGE_MAX_AGE {
-                return (Some(used), available);
-            }
-        }
-        let blobs = self.data_dir.join("blobs");
-        let used = match tokio::task::spawn_blocking(move || dir_size(&blobs)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "measuring blob storage failed");
-                return (cached.map(|(_, u)| u), available);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "measuring blob storage panicked");
-                return (cached.map(|(_, u)| u), available);
-            }
-        };
-        *cached = Some((Instant::now(), used));
-        (Some(used), available)
-    }
-}
-
-/// Bytes available to unprivileged users on the filesystem holding `dir`.
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("data directory path contains NUL"))?;
-    // SAFETY: `path` is a valid NUL-terminated string and `stat` a properly sized out-parameter.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-/// Total size of the files under `dir` (0 if it does not exist yet).
-fn dir_size(dir: &Path) -> std::io::Result<u64> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut total = 0;
-    for entry in entries {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            total += dir_size(&entry.path())?;
-        } else if kind.is_file() {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,16 +238,5 @@ mod tests {
         );
         assert_eq!(AcrRoute::parse("/acr/oauth2/token"), None);
         assert_eq!(AcrRoute::parse("/v2/changes"), None);
-    }
-
-    #[test]
-    fn sizes_are_measured() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(dir_size(&dir.path().join("missing")).unwrap(), 0);
-        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
-        std::fs::write(dir.path().join("a/x"), [0u8; 10]).unwrap();
-        std::fs::write(dir.path().join("a/b/y"), [0u8; 5]).unwrap();
-        assert_eq!(dir_size(dir.path()).unwrap(), 15);
-        assert!(available_bytes(dir.path()).unwrap() > 0);
     }
 }

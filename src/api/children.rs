@@ -180,17 +180,45 @@ pub(super) fn list(api: &Api, identity: &Identity) -> Result<Reply> {
     Ok(Reply::new(StatusCode::OK).json(&ChildList { registries }))
 }
 
+/// How many active children's latest fresh report says they are `Online` or `Syncing` (the
+/// `connected_children` gauge of `/metrics`).
+pub(super) fn connected(api: &Api) -> Result<u64> {
+    let records = api.store.children(MAX_CHILDREN)?;
+    let latest = api
+        .children
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Utc::now();
+    let connected = records
+        .iter()
+        .map(|c| connection_state(c, latest.get(&c.name), now))
+        .filter(|state| matches!(state.as_str(), "Online" | "Syncing"))
+        .count();
+    Ok(connected as u64)
+}
+
+/// What `report` says of `c`'s connection, or `Offline` when it is inactive or silent for
+/// [`OFFLINE_AFTER`].
+fn connection_state(
+    c: &ChildRecord,
+    report: Option<&(DateTime<Utc>, Status)>,
+    now: DateTime<Utc>,
+) -> String {
+    let fresh =
+        report.filter(|(at, _)| (now - *at).to_std().map_or(true, |age| age < OFFLINE_AFTER));
+    match (c.active, fresh) {
+        (true, Some((_, s))) => s.connection_state.clone(),
+        _ => "Offline".to_owned(),
+    }
+}
+
 fn summary(
     c: ChildRecord,
     report: Option<&(DateTime<Utc>, Status)>,
     now: DateTime<Utc>,
 ) -> ChildSummary {
-    let fresh =
-        report.filter(|(at, _)| (now - *at).to_std().map_or(true, |age| age < OFFLINE_AFTER));
-    let connection_state = match (c.active, fresh) {
-        (true, Some((_, s))) => s.connection_state.clone(),
-        _ => "Offline".to_owned(),
-    };
+    let connection_state = connection_state(&c, report, now);
     ChildSummary {
         mode: c.mode,
         activation: crate::status::Activation {

@@ -47,7 +47,6 @@ pub struct Api {
     status: StatusHandle,
     /// Set when the server starts stopping; change-feed long-polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
-    storage: acr::StorageUsage,
     /// `ReadOnly`: clients may pull but not push or delete.
     mode: Mode,
     auth: Arc<Authenticator>,
@@ -58,11 +57,20 @@ pub struct Api {
     /// A request body that sends nothing for this long is cut.
     body_idle_timeout: Duration,
     metrics: Metrics,
-    /// Storage measured for the storage gauges of `/metrics`.
-    metrics_storage: crate::metrics::StorageUsage,
 }
 
 impl Api {
+    /// Bytes the blobs take (the store's running count) and, when `statvfs` answers, bytes free
+    /// on the data volume: one measurement for the status and `/metrics`.
+    fn storage(&self) -> (u64, Option<u64>) {
+        let available = self
+            .store
+            .available_bytes()
+            .inspect_err(|e| tracing::warn!(error = %e, "statvfs of the data directory failed"))
+            .ok();
+        (self.store.used_bytes(), available)
+    }
+
     pub fn status(&self) -> &StatusHandle {
         &self.status
     }
@@ -74,8 +82,6 @@ impl Api {
 
     pub fn new(store: Arc<Store>, status: StatusHandle) -> Api {
         Api {
-            storage: acr::StorageUsage::new(store.root()),
-            metrics_storage: crate::metrics::StorageUsage::new(store.root()),
             metrics: Metrics::new(),
             store,
             status,

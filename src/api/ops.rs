@@ -7,7 +7,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
@@ -16,10 +15,9 @@ use super::acr::AcrRoute;
 use super::response::Reply;
 use super::route::Route;
 use super::{children, token, Api};
-use crate::auth::{AnonymousAccess, Decision, Identity, Principal};
+use crate::auth::Decision;
 use crate::metrics::{Format, NodeValues, RouteLabel};
 use crate::oci::{Error, ErrorCode, Result};
-use crate::status::children::ChildList;
 
 /// The longest `/readyz` waits for the data directory to answer a `stat`.
 const READY_STAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -159,7 +157,7 @@ async fn ready(api: &Api) -> Reply {
 
 /// What the store and the status model say now.
 async fn node_values(api: &Api) -> NodeValues {
-    let (used, free) = api.metrics_storage.measure().await;
+    let (used, free) = api.storage();
     let status = api.status.snapshot();
     NodeValues {
         sync_lag_seconds: NodeValues::sync_lag(
@@ -173,34 +171,9 @@ async fn node_values(api: &Api) -> NodeValues {
         storage_free_bytes: free,
         gc_freed_bytes: api.store.freed_bytes_total(),
         evictions: api.store.evictions_total(),
-        connected_children: connected_children(api).await,
-    }
-}
-
-/// Children listed as `Online` or `Syncing`, as `GET …/registries` lists them to a caller who
-/// may see them all; `None` (the gauge is left out) when the list cannot be read.
-async fn connected_children(api: &Api) -> Option<u64> {
-    let everyone = Identity {
-        principal: Principal::Anonymous(AnonymousAccess::Everything),
-        bearer_access: None,
-    };
-    let listed = async {
-        let reply = children::list(api, &everyone).map_err(|e| e.to_string())?;
-        let body = reply.build().into_body().collect().await;
-        let bytes = body.map_err(|e| e.to_string())?.to_bytes();
-        serde_json::from_slice::<ChildList>(&bytes).map_err(|e| e.to_string())
-    };
-    match listed.await {
-        Ok(list) => Some(
-            list.registries
-                .iter()
-                .filter(|c| matches!(c.connection_state.as_str(), "Online" | "Syncing"))
-                .count() as u64,
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "listing the children for /metrics failed");
-            None
-        }
+        connected_children: children::connected(api)
+            .inspect_err(|e| tracing::warn!(error = %e, "listing the children for /metrics failed"))
+            .ok(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 
 use super::tokens::{TokenConfig, TokenStatus};
-use super::Config;
+use super::{without_values, Config};
 
 /// Which list of the configuration a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +87,12 @@ pub fn edit_tokens(path: &Path, edit: TokenEdit<'_>) -> anyhow::Result<()> {
     } else {
         edit_toml(&text, &edit)?
     };
+    // The edited file may hold secrets: its parse errors are reported without the values
+    // (toml's `Display` would quote the whole line).
     let parsed: Config = if is_json {
-        serde_json::from_str(&new_text)?
+        serde_json::from_str(&new_text).map_err(|e| anyhow::anyhow!(without_values(&e.to_string())))?
     } else {
-        toml::from_str(&new_text)?
+        toml::from_str(&new_text).map_err(|e| anyhow::anyhow!(without_values(e.message())))?
     };
     parsed.validate()?;
     write_atomically(path, new_text.as_bytes())
@@ -100,7 +102,7 @@ fn edit_json(text: &str, edit: &TokenEdit<'_>) -> anyhow::Result<String> {
     let mut doc: serde_json::Value = if text.trim().is_empty() {
         serde_json::json!({})
     } else {
-        serde_json::from_str(text)?
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!(without_values(&e.to_string())))?
     };
     let root = doc
         .as_object_mut()

@@ -218,23 +218,24 @@ pub struct LoggingConfig {
     pub level: String,
 }
 
+/// serde's messages quote a value of the wrong type or shape (`invalid type: string
+/// "…", expected …`, `integer `…``): only its kind is kept, the value may be a secret.
+pub fn without_values(message: &str) -> String {
+    static QUOTED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let quoted = QUOTED.get_or_init(|| {
+        regex::Regex::new(
+            r#"(string) "(?:[^"\\]|\\.)*"|(integer|floating point|boolean|character) `[^`]*`"#,
+        )
+        .expect("a valid regular expression")
+    });
+    quoted.replace_all(message, "$1$2").trim().to_owned()
+}
+
 impl Config {
     /// Load and validate a TOML or JSON file. A parse error names the line, the column and
     /// (for TOML) the key, but never quotes the file: the offending line may hold a password,
     /// and the message is logged (the config watcher) and reported (status, module twin).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        /// serde's messages quote a value of the wrong type or shape (`invalid type: string
-        /// "…", expected …`, `integer `…``): only its kind is kept, the value may be a secret.
-        fn without_values(message: &str) -> String {
-            static QUOTED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-            let quoted = QUOTED.get_or_init(|| {
-                regex::Regex::new(
-                    r#"(string) "(?:[^"\\]|\\.)*"|(integer|floating point|boolean|character) `[^`]*`"#,
-                )
-                .expect("a valid regular expression")
-            });
-            quoted.replace_all(message, "$1$2").trim().to_owned()
-        }
         /// The dotted key of the entry on `line` (0-based), from the table header above it and
         /// the key before `=`; only bare keys are shown, so no value can slip through.
         fn toml_key_at(text: &str, line: usize) -> Option<String> {

@@ -82,7 +82,8 @@ pub fn saved_config(store: &Store) -> Option<Config> {
     match serde_json::from_slice(&bytes) {
         Ok(config) => Some(config),
         Err(e) => {
-            tracing::warn!(error = %e, "the saved twin configuration no longer parses; ignored");
+            let error = crate::config::without_values(&e.to_string());
+            tracing::warn!(%error, "the saved twin configuration no longer parses; ignored");
             None
         }
     }

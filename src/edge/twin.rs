@@ -79,7 +79,12 @@ impl Desired {
             ));
         }
         let config: Config = serde_json::from_value(value.clone())
-            .map_err(|e| format!("the desired properties are not a valid configuration: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "the desired properties are not a valid configuration: {}",
+                    crate::config::without_values(&e.to_string())
+                )
+            })?;
         Ok(Some((config, value)))
     }
 }

@@ -9,9 +9,7 @@
 //! text format 0.0.4 or, when the scraper asks for it (Prometheus does), OpenMetrics 1.0
 //! ([`Format`]). Every name starts with `connected_registry_`.
 
-mod body;
 mod node;
-mod storage;
 
 use std::time::Duration;
 
@@ -22,9 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use body::CountedBody;
 pub use node::NodeValues;
-pub use storage::StorageUsage;
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "connected_registry";
@@ -176,9 +172,9 @@ impl Metrics {
         self.received.clone()
     }
 
-    /// `body`, counting the bytes of each data frame into the response bytes as it is sent.
-    pub fn count_sent<B>(&self, body: B) -> CountedBody<B> {
-        CountedBody::new(body, self.sent.clone())
+    /// The counter of response body bytes (the server adds each frame as it is sent).
+    pub fn sent_bytes(&self) -> Counter {
+        self.sent.clone()
     }
 
     /// The exposition of these metrics and `node`'s, in `format`.

@@ -18,8 +18,8 @@ pub struct NodeValues {
     pub synced_bytes: u64,
     /// Entries waiting in the upstream outbox.
     pub outbox_depth: u64,
-    /// Bytes of blob files; `None` when it could not be measured.
-    pub storage_used_bytes: Option<u64>,
+    /// Bytes of blob files.
+    pub storage_used_bytes: u64,
     /// Bytes free for the data directory; `None` when it could not be measured.
     pub storage_free_bytes: Option<u64>,
     /// Blob bytes freed by garbage collection and eviction since the start.
@@ -65,14 +65,12 @@ impl NodeValues {
             "Local pushes and deletes waiting to be replayed to the parent",
             ConstGauge::new(self.outbox_depth),
         );
-        if let Some(used) = self.storage_used_bytes {
-            r.register_with_unit(
-                "storage_used",
-                "Bytes of blob files in the data directory (measured at most once a minute)",
-                Unit::Bytes,
-                ConstGauge::new(used),
-            );
-        }
+        r.register_with_unit(
+            "storage_used",
+            "Bytes of blob files in the data directory",
+            Unit::Bytes,
+            ConstGauge::new(self.storage_used_bytes),
+        );
         if let Some(free) = self.storage_free_bytes {
             r.register_with_unit(
                 "storage_free",

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 /// The progress of one connection, shared by its service and its watchdog.
@@ -53,11 +55,14 @@ impl Activity {
         Handling(self.clone())
     }
 
-    /// A response body that notes progress whenever it yields a frame.
-    pub fn track<B>(self: &Arc<Self>, body: B) -> Tracked<B> {
+    /// A response body that notes progress whenever it yields a frame and adds the length of
+    /// each data frame to `sent` as the connection takes it (so "bytes out" is what actually
+    /// flowed: a client that hangs up halfway counts only what it was sent).
+    pub fn track<B>(self: &Arc<Self>, body: B, sent: Counter) -> Tracked<B> {
         Tracked {
             inner: body,
             activity: self.clone(),
+            sent,
         }
     }
 
@@ -87,13 +92,18 @@ impl Drop for Handling {
     }
 }
 
-/// A response body whose frames count as progress (see [`Activity::track`]).
+/// A response body whose frames count as progress and bytes sent (see [`Activity::track`]).
 pub struct Tracked<B> {
     inner: B,
     activity: Arc<Activity>,
+    sent: Counter,
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
+impl<B> Body for Tracked<B>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -105,6 +115,11 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_ready() {
             this.activity.progress();
+        }
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent.inc_by(data.remaining() as u64);
+            }
         }
         polled
     }
@@ -143,5 +158,17 @@ mod tests {
         drop(handler);
         watchdog.await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(700));
+    }
+
+    #[tokio::test]
+    async fn data_frames_are_counted_as_they_are_taken() {
+        use http_body_util::{BodyExt, Full};
+        let sent = Counter::default();
+        let body = Full::new(bytes::Bytes::from_static(b"hello"));
+        let body = Activity::new().track(body, sent.clone());
+        assert_eq!(sent.get(), 0);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(sent.get(), 5);
     }
 }

@@ -185,7 +185,7 @@ async fn serve_connection<I>(
                 drop(handling);
                 let metrics = api.metrics();
                 metrics.observe(route, &method, response.status(), started.elapsed());
-                Ok::<_, Infallible>(response.map(|body| activity.track(metrics.count_sent(body))))
+                Ok::<_, Infallible>(response.map(|body| activity.track(body, metrics.sent_bytes())))
             }
         })
     };

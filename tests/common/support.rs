@@ -312,6 +312,13 @@ pub fn absolute(base: &str, location: &str) -> String {
     }
 }
 
+/// The upload URL that finishes a session at `location` with `digest`: a `Location` may or may
+/// not carry a query already, so the parameter joins with `&` or starts one with `?`.
+pub fn finish_url(location: &str, digest: &str) -> String {
+    let separator = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{separator}digest={digest}")
+}
+
 /// A small tmpfs mounted for one test (a data volume that fills up), unmounted on drop.
 pub struct Tmpfs {
     pub path: PathBuf,
