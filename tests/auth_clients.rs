@@ -4,22 +4,10 @@
 
 mod common;
 
+use common::attempt;
 use common::credentials::{create_token, send_as, SecuredNode};
 use reqwest::Method;
 use serde_json::json;
-
-/// Output of a command that may fail: (success, stdout + stderr).
-fn attempt(cmd: &mut std::process::Command) -> (bool, String) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// docker login + push/pull, skopeo --creds, podman login, ctr --user and oras, each allowed
 /// with the right token and refused without credentials or with a token lacking the action.

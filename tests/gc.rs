@@ -187,15 +187,7 @@ fn gc_on_a_schedule_while_clients_push_and_a_child_syncs_loses_nothing_live() {
 
     // An upload left half done across several collections.
     let slow = Blob::new(LAYER, layer(100, 200_000));
-    let r = request(
-        reqwest::Method::POST,
-        &base,
-        "/v2/live/slow/blobs/uploads/",
-        &[],
-        None,
-    );
-    assert_eq!(r.status, 202);
-    let location = common::support::absolute(&base, r.header("location").unwrap());
+    let location = peers::start_upload(&base, "live/slow");
     let r = request(
         reqwest::Method::PATCH,
         &base,

@@ -8,7 +8,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::credentials::{basic, create_token, error_code, send_as, SecuredNode};
+use common::credentials::{
+    basic, create_sync_token, create_token, error_code, send_as, SecuredNode,
+};
 use common::peers::{detail_codes, get, poll_every, status, wait_until, Node};
 use common::BIN;
 use reqwest::Method;
@@ -50,21 +52,7 @@ fn child_config(root: &SecuredNode, password: &str) -> Value {
 fn one_instance_per_name_deactivate_and_the_parents_view_of_its_children() {
     let (mut sync_pw, mut admin_pw) = (String::new(), String::new());
     let root = SecuredNode::start(json!({"name": "rootnode"}), |config| {
-        sync_pw = create_token(
-            config,
-            "factorya",
-            &[
-                "--gateway",
-                "factorya",
-                "config/read",
-                "config/write",
-                "message/read",
-                "--repository",
-                "apps/*",
-                "content/read",
-                "metadata/read",
-            ],
-        );
+        sync_pw = create_sync_token(config, "factorya", "apps/*");
         admin_pw = create_token(
             config,
             "admin",

@@ -364,13 +364,7 @@ fn kubernetes_validate(dir: &Path, name: &str, yaml: &str, strict: bool) -> (boo
     if strict {
         cmd.arg("--strict");
     }
-    let out = cmd.arg(&path).output().expect("run kubernetes-validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::attempt(cmd.arg(&path))
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::credentials::{basic, bearer, create_token, push_image_as, send_as};
+use common::credentials::{basic, bearer, create_sync_token, create_token, push_image_as, send_as};
 use common::edge::{EdgeOptions, EdgeStandin};
 use common::peers::{
     self, manifest_digest, random_bytes, skopeo_seed, skopeo_seed_as, status, wait_until,
@@ -436,15 +436,7 @@ fn an_edge_modules_sas_tokens_keys_and_sync_token_stay_out_of_its_trace_log() {
     let image = Image::new("linux/amd64", &[random_bytes(53, 40_000)]);
     let mut sync_password = String::new();
     let (_, _, root) = root_with(tmp.path(), &image, |config| {
-        let gateway = [
-            "--gateway",
-            "edgenode",
-            "config/read",
-            "config/write",
-            "message/read",
-        ];
-        let content = ["--repository", "apps/*", "content/read", "metadata/read"];
-        sync_password = create_token(config, "edgenode", &[&gateway[..], &content[..]].concat());
+        sync_password = create_sync_token(config, "edgenode", "apps/*");
     });
     let sync_token = json!({"name": "edgenode", "password": sync_password});
     let standin = EdgeStandin::start(EdgeOptions {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::credentials::{basic, create_token, push_image_as, SecuredNode};
+use common::credentials::{basic, create_sync_token, create_token, push_image_as, SecuredNode};
 use common::peers::{poll_every, random_bytes, request, Image, Node, KIB};
 use common::Registry;
 use reqwest::Method;
@@ -422,21 +422,7 @@ fn a_token_may_scrape_and_metrics_anonymous_opens_it_live() {
 fn a_child_reports_sync_bytes_and_lag_and_its_parent_counts_it_connected() {
     let (mut sync_pw, mut admin_pw) = (String::new(), String::new());
     let root = SecuredNode::start(json!({"name": "rootnode"}), |config| {
-        sync_pw = create_token(
-            config,
-            "childm",
-            &[
-                "--gateway",
-                "childm",
-                "config/read",
-                "config/write",
-                "message/read",
-                "--repository",
-                "apps/*",
-                "content/read",
-                "metadata/read",
-            ],
-        );
+        sync_pw = create_sync_token(config, "childm", "apps/*");
         admin_pw = create_token(
             config,
             "admin",

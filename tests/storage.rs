@@ -122,15 +122,7 @@ fn a_push_that_does_not_fit_is_refused_with_507_and_fits_once_the_limit_is_raise
     );
     assert!(body.contains("storage.maxSize"), "{body}");
 
-    let r = peers::request(
-        reqwest::Method::POST,
-        &base,
-        "/v2/app/blobs/uploads/",
-        &[],
-        None,
-    );
-    assert_eq!(r.status, 202);
-    let location = common::support::absolute(&base, r.header("location").unwrap());
+    let location = peers::start_upload(&base, "app");
     let finish = client
         .put(common::support::finish_url(&location, &big.digest))
         .header("Content-Type", "application/octet-stream")
@@ -187,15 +179,7 @@ fn a_full_disk_refuses_pushes_and_syncs_cleanly_and_recovers_by_itself() {
 
     // A chunked upload has no size up front: the disk itself says no.
     let client = common::support::client();
-    let r = peers::request(
-        reqwest::Method::POST,
-        &c,
-        "/v2/local/blobs/uploads/",
-        &[],
-        None,
-    );
-    assert_eq!(r.status, 202);
-    let location = common::support::absolute(&c, r.header("location").unwrap());
+    let location = peers::start_upload(&c, "local");
     let patch = client
         .patch(&location)
         .header("Content-Type", "application/octet-stream")

@@ -33,7 +33,6 @@ pub const PAGE_LIMIT: usize = 1000;
 /// `messageTtl` a configuration accepts.
 pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=90 * 24 * 60 * 60;
 
-
 /// The endpoints this module serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AcrRoute<'a> {

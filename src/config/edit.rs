@@ -90,7 +90,8 @@ pub fn edit_tokens(path: &Path, edit: TokenEdit<'_>) -> anyhow::Result<()> {
     // The edited file may hold secrets: its parse errors are reported without the values
     // (toml's `Display` would quote the whole line).
     let parsed: Config = if is_json {
-        serde_json::from_str(&new_text).map_err(|e| anyhow::anyhow!(without_values(&e.to_string())))?
+        serde_json::from_str(&new_text)
+            .map_err(|e| anyhow::anyhow!(without_values(&e.to_string())))?
     } else {
         toml::from_str(&new_text).map_err(|e| anyhow::anyhow!(without_values(e.message())))?
     };

@@ -78,13 +78,12 @@ impl Desired {
                  mounted into the module, or use fewer, broader repository patterns"
             ));
         }
-        let config: Config = serde_json::from_value(value.clone())
-            .map_err(|e| {
-                format!(
-                    "the desired properties are not a valid configuration: {}",
-                    crate::config::without_values(&e.to_string())
-                )
-            })?;
+        let config: Config = serde_json::from_value(value.clone()).map_err(|e| {
+            format!(
+                "the desired properties are not a valid configuration: {}",
+                crate::config::without_values(&e.to_string())
+            )
+        })?;
         Ok(Some((config, value)))
     }
 }

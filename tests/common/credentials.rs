@@ -36,6 +36,27 @@ pub fn create_token(config: &Path, name: &str, args: &[&str]) -> String {
     password
 }
 
+/// Create the sync token of a ReadOnly child `child` (its gateway: `config/read`,
+/// `config/write`, `message/read`; `repositories`: `content/read`, `metadata/read`) and return
+/// its password.
+pub fn create_sync_token(config: &Path, child: &str, repositories: &str) -> String {
+    create_token(
+        config,
+        child,
+        &[
+            "--gateway",
+            child,
+            "config/read",
+            "config/write",
+            "message/read",
+            "--repository",
+            repositories,
+            "content/read",
+            "metadata/read",
+        ],
+    )
+}
+
 /// The value of a Basic `Authorization` header.
 pub fn basic(name: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));

@@ -32,6 +32,19 @@ pub fn require(tool: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// Output of a command that may fail: (success, stdout + stderr).
+pub fn attempt(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Run a command, panicking with its output if it fails. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd

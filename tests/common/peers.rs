@@ -497,12 +497,8 @@ pub fn assert_serves(
     n
 }
 
-/// Push a blob to `base` (monolithic: POST then PUT with the digest).
-pub fn push_blob(base: &str, repo: &str, blob: &Blob) {
-    let r = head(base, &format!("/v2/{repo}/blobs/{}", blob.digest));
-    if r.status == 200 {
-        return;
-    }
+/// Open an upload session in `repo` on `base`; returns its absolute URL.
+pub fn start_upload(base: &str, repo: &str) -> String {
     let r = request(
         reqwest::Method::POST,
         base,
@@ -511,17 +507,20 @@ pub fn push_blob(base: &str, repo: &str, blob: &Blob) {
         None,
     );
     assert_eq!(r.status, 202, "POST upload to {repo}: {}", r.text());
-    let location = r.header("location").expect("Location").to_owned();
-    let location = if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
+    super::support::absolute(base, r.header("location").expect("Location"))
+}
+
+/// Push a blob to `base` (monolithic: POST then PUT with the digest).
+pub fn push_blob(base: &str, repo: &str, blob: &Blob) {
+    let r = head(base, &format!("/v2/{repo}/blobs/{}", blob.digest));
+    if r.status == 200 {
+        return;
+    }
+    let location = start_upload(base, repo);
     let r = request(
         reqwest::Method::PUT,
         base,
-        &format!("{location}{sep}digest={}", blob.digest),
+        &super::support::finish_url(&location, &blob.digest),
         &[("Content-Type", "application/octet-stream")],
         Some(blob.bytes.clone()),
     );
