@@ -250,8 +250,9 @@ fn gc_on_a_schedule_while_clients_push_and_a_child_syncs_loses_nothing_live() {
             |(repo, tag, image)| peers::manifest_digest(&child_base, repo, tag).as_deref()
                 == Some(image.digest.as_str())
         )),
-        "the child syncs everything; log:\n{}",
-        child.log_text()
+        "the child syncs everything; child's log:\n{}\nparent's log:\n{}",
+        child.log_text(),
+        parent.log_text()
     );
     // Let a few more collections run at both, past the grace period.
     std::thread::sleep(Duration::from_secs(4));

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::locks::RepoGuard;
-use super::metadata::{decode_digest, key2, key3, ChangeAction, ChangeEvent, ManifestRecord};
+use super::metadata::{self, decode_digest, key2, key3, ChangeAction, ChangeEvent, ManifestRecord};
 use super::outbox::OutboxOp;
 use super::Store;
 use crate::oci::error::IoContext;
@@ -62,6 +62,10 @@ impl Store {
             dry_run,
             ..GcReport::default()
         };
+        // Events after this one are read again under each repository's lock: a manifest pushed
+        // while the run goes (an index's child before its index, a synced manifest before its
+        // tag) is live too.
+        let started_at_seq = metadata::newest_change(&self.trees.changes)?;
         let recent = self.recently_pushed(cutoff)?;
         let pending = self.outbox_digests()?;
         // Links a dry run would have removed, so its second phase sees what a real run would.
@@ -78,14 +82,15 @@ impl Store {
             let Ok(repo) = name.parse::<RepositoryName>() else {
                 continue;
             };
-            let keep: HashSet<String> = recent
+            let guard = self.locks.lock(&repo);
+            let mut keep: HashSet<String> = recent
                 .get(&name)
                 .into_iter()
                 .chain(pending.get(&name))
                 .flatten()
                 .cloned()
                 .collect();
-            let guard = self.locks.lock(&repo);
+            keep.extend(self.pushed_after(started_at_seq, &name)?);
             let none = HashSet::new();
             let swept = self.sweep_repository(&guard, &repo, &keep, cutoff, &none, dry_run)?;
             drop(guard);
@@ -99,6 +104,12 @@ impl Store {
         }
         if !dry_run {
             self.db.flush()?;
+        }
+        if !dry_run {
+            // Gone already; a link made again since (a tag pushed for a manifest the sweep
+            // took, a blob linked again) is a live link, not a dropped one.
+            dropped_manifest_links.clear();
+            dropped_blob_links.clear();
         }
         {
             let _exclusive = self.claims.blocking_write();
@@ -137,6 +148,24 @@ impl Store {
             }
         }
         Ok(recent)
+    }
+
+    /// Manifests of `repo` pushed or tagged in change events after `seq` (the few written while
+    /// a run goes; read under the repository's lock, so none committed before it is missed).
+    fn pushed_after(&self, seq: u64, repo: &str) -> Result<Vec<String>> {
+        let mut pushed = Vec::new();
+        for item in self.trees.changes.range((seq + 1).to_be_bytes()..) {
+            let (_, value) = item?;
+            let Ok(event) = serde_json::from_slice::<ChangeEvent>(&value) else {
+                continue;
+            };
+            if event.repository == repo
+                && matches!(event.action, ChangeAction::Push | ChangeAction::Tag)
+            {
+                pushed.push(event.digest);
+            }
+        }
+        Ok(pushed)
     }
 
     /// Manifests the upstream outbox still has to push, by repository.

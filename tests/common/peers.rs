@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -759,31 +759,10 @@ pub fn detail_codes(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Run `connected-registry <args>` to completion (killed after `timeout`).
+/// Run `connected-registry <args>` to completion (killed after `timeout`), its output read as
+/// it runs (a command printing more than a pipe holds must not block and look hung).
 pub fn run_cli(args: &[&str], timeout: Duration) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn connected-registry");
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "connected-registry {args:?} did not finish in {timeout:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    super::images::run_bounded(Command::new(BIN).args(args).env("NO_COLOR", "1"), timeout)
 }
 
 /// Strip ANSI escape sequences (colours, cursor moves of a progress bar).
