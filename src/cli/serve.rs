@@ -108,6 +108,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         let mut config = file_config.clone();
         overrides.apply(&mut config);
+        // Before the store opens, so what opening says (a migration, a clean-up after an
+        // unclean stop) is logged; a level saved by the twin applies once it is read.
+        let log_level = logging::init(&config, args.log_format, "info")?;
+        let opening_logging = config.logging.clone();
         let store = Store::open(&config.data_dir())?;
         let mut source = if args.config.is_some() {
             ConfigSource::File
@@ -128,7 +132,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         config.validate()?;
         let limits = config.limits()?;
-        let log_level = logging::init(&config, args.log_format, "info")?;
+        if let (Some(set), Some(logging)) = (&log_level, &config.logging) {
+            if opening_logging.as_ref() != Some(logging) {
+                set(&logging.level).map_err(|e| anyhow::anyhow!("logging.level: {e}"))?;
+            }
+        }
 
         let addr = config.listen_addr()?;
         if let Err(refused) = server::check_anonymous_allowed(addr, &config) {

@@ -98,8 +98,8 @@ impl Store {
         Ok(count)
     }
 
-    /// Why `bytes` more do not fit, or `None` when they do.
-    fn shortfall(&self, bytes: u64) -> Option<String> {
+    /// How many bytes are missing for `bytes` more to fit, and why, or `None` when they fit.
+    fn shortfall(&self, bytes: u64) -> Option<(u64, String)> {
         let limits = *self
             .storage_limits
             .read()
@@ -107,32 +107,79 @@ impl Store {
         let used = self.used_bytes();
         if let Some(max) = limits.max_size {
             if used.saturating_add(bytes) > max {
-                return Some(format!(
-                    "storing {} more would exceed storage.maxSize ({} of {} used)",
-                    bytesize::ByteSize(bytes),
-                    bytesize::ByteSize(used),
-                    bytesize::ByteSize(max)
+                let missing = used.saturating_add(bytes) - max;
+                return Some((
+                    missing,
+                    format!(
+                        "storing {} more would exceed storage.maxSize ({} of {} used)",
+                        bytesize::ByteSize(bytes),
+                        bytesize::ByteSize(used),
+                        bytesize::ByteSize(max)
+                    ),
                 ));
             }
         }
         if let Ok(free) = super::usage::available_bytes(&self.root) {
             if free < bytes.saturating_add(limits.min_free) {
-                return Some(format!(
+                let missing = bytes.saturating_add(limits.min_free) - free;
+                return Some((missing, format!(
                     "storing {} more would leave less than storage.minFree ({}) free on the data volume ({} free)",
                     bytesize::ByteSize(bytes),
                     bytesize::ByteSize(limits.min_free),
                     bytesize::ByteSize(free)
-                ));
+                )));
             }
         }
         None
     }
 
+    /// At most how many bytes evicting every evictable synced tag could free (blobs shared
+    /// between tags are counted for each, so this never falls short of the truth).
+    fn evictable_bytes(&self) -> Result<u64> {
+        let unknown_is_synced = self.has_parent.load(Ordering::Relaxed);
+        let mut total = 0u64;
+        for item in self.trees.tag_use.iter() {
+            let (key, value) = item?;
+            let (origin, _) = decode_use(&value);
+            if !(origin == SYNCED || (origin == ORIGIN_UNKNOWN && unknown_is_synced)) {
+                continue;
+            }
+            let Some(target) = self.trees.tags.get(&key)? else {
+                continue;
+            };
+            let at = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+            let Ok(repo) = String::from_utf8_lossy(&key[..at]).parse::<RepositoryName>() else {
+                continue;
+            };
+            let digest = decode_digest(&target)?.to_string();
+            let (_, blobs) = self.live_in(&repo, &HashSet::from([digest]))?;
+            for blob in blobs {
+                if let Ok(blob) = blob.parse::<Digest>() {
+                    total = total.saturating_add(self.blob_size(&repo, &blob)?.unwrap_or(0));
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// Make room for `bytes` more, evicting least recently pulled synced tags as needed. Fails
     /// with `INSUFFICIENT_STORAGE` (507) saying which limit holds when nothing more can go.
     pub async fn make_room(&self, bytes: u64) -> Result<()> {
+        // Evicting is no use when even every synced tag would not make room: keep serving them.
+        if let Some((missing, why)) = self.shortfall(bytes) {
+            let could_free = self.evictable_bytes()?;
+            if could_free < missing {
+                return Err(Error::new(
+                    ErrorCode::InsufficientStorage,
+                    format!(
+                        "{why}; evicting every synced tag would free at most {}, so none was evicted",
+                        bytesize::ByteSize(could_free)
+                    ),
+                ));
+            }
+        }
         let mut evicted = 0;
-        while let Some(why) = self.shortfall(bytes) {
+        while let Some((_, why)) = self.shortfall(bytes) {
             let Some((repo, tag)) = self.least_recently_pulled()? else {
                 let more = if evicted > 0 {
                     format!(" after evicting {evicted} synced tag(s)")
@@ -218,7 +265,10 @@ impl Store {
                     size += self.blob_size(repo, &blob)?.unwrap_or(0);
                 }
             }
-            let record = serde_json::json!({ "digest": digest, "bytes": size });
+            let at_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let record = serde_json::json!({ "digest": digest, "bytes": size, "atMs": at_ms });
             self.trees
                 .evicted
                 .insert(&key, serde_json::to_vec(&record).unwrap_or_default())?;
@@ -274,6 +324,29 @@ impl Store {
         Ok(freed)
     }
 
+    /// Whether some synced tag was evicted and has not been synced again.
+    pub fn holds_evicted_tags(&self) -> Result<bool> {
+        Ok(!self.trees.evicted.is_empty())
+    }
+
+    /// Drop the eviction records made before `since` (after a pass started then synced or
+    /// checked every selected tag; what it evicted itself still has to come back).
+    pub fn forget_evicted_before(&self, since: SystemTime) -> Result<()> {
+        let since_ms = since
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut batch = sled::Batch::default();
+        for item in self.trees.evicted.iter() {
+            let (key, value) = item?;
+            let record: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+            if record["atMs"].as_u64().unwrap_or(0) < since_ms {
+                batch.remove(key);
+            }
+        }
+        self.trees.evicted.apply_batch(batch)?;
+        Ok(())
+    }
+
     /// `Err(INSUFFICIENT_STORAGE)` when `tag` was evicted while pointing at `digest` and would
     /// still not fit; the record is dropped once it would (or the tag moved at the parent).
     pub fn check_evicted(&self, repo: &RepositoryName, tag: &str, digest: &Digest) -> Result<()> {
@@ -285,7 +358,7 @@ impl Store {
         let same = record["digest"].as_str() == Some(digest.to_string().as_str());
         let bytes = record["bytes"].as_u64().unwrap_or(0);
         if same {
-            if let Some(why) = self.shortfall(bytes) {
+            if let Some((_, why)) = self.shortfall(bytes) {
                 return Err(Error::new(
                     ErrorCode::InsufficientStorage,
                     format!("{repo}:{tag} was evicted to stay within the storage limits and still does not fit: {why}"),

@@ -31,6 +31,10 @@ pub const MIN_PASS_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_PASS_BACKOFF: Duration = Duration::from_secs(300);
 /// How often a node that fell back to polling asks again whether the parent has a change feed.
 pub const FEED_REPROBE_INTERVAL: Duration = Duration::from_secs(600);
+/// First pause before a full pass retries what the feed could not apply ([`Repair`]).
+pub const REPAIR_MIN_PAUSE: Duration = Duration::from_secs(10);
+/// Longest pause between such passes while they keep failing.
+pub const REPAIR_MAX_PAUSE: Duration = Duration::from_secs(300);
 const CURSOR_KEY: &str = "feed_cursor";
 
 /// What the node (not the schedule) asks of the sync loop.
@@ -56,6 +60,7 @@ pub async fn run(
         backoff: Duration::from_secs(1),
         passes: Pacer::new(MIN_PASS_INTERVAL, MAX_PASS_BACKOFF),
         feed: Pacer::new(FEED_MIN_INTERVAL, FEED_MAX_BACKOFF),
+        repair: Repair::new(),
     };
     while !*shutdown.borrow() {
         match schedule.state_at(Utc::now()) {
@@ -118,6 +123,55 @@ struct LoopState {
     passes: Pacer,
     /// Paces requests to the change feed.
     feed: Pacer,
+    /// Full passes that retry what the feed could not apply.
+    repair: Repair,
+}
+
+/// While following the feed, what it could not apply (an event that failed: the disk was full,
+/// the parent answered garbage; a tag evicted for room) is retried by a full pass, after a
+/// pause that doubles from [`REPAIR_MIN_PAUSE`] to [`REPAIR_MAX_PAUSE`] while passes keep
+/// failing, so a full disk recovers by itself once space exists without hammering the parent.
+struct Repair {
+    pending: bool,
+    pause: Duration,
+    due: Option<Instant>,
+}
+
+impl Repair {
+    fn new() -> Repair {
+        Repair {
+            pending: false,
+            pause: REPAIR_MIN_PAUSE,
+            due: None,
+        }
+    }
+
+    /// Something failed to apply: a pass is due after the current pause.
+    fn needed(&mut self) {
+        self.pending = true;
+        self.due.get_or_insert_with(|| Instant::now() + self.pause);
+    }
+
+    /// How long until the repair pass, if one is due.
+    fn wait(&self) -> Option<Duration> {
+        self.due
+            .map(|due| due.saturating_duration_since(Instant::now()))
+    }
+
+    fn is_due(&self) -> bool {
+        self.due.is_some_and(|due| Instant::now() >= due)
+    }
+
+    /// A full pass ran (whatever started it): done when it succeeded, else back off.
+    fn after_pass(&mut self, succeeded: bool) {
+        self.due = None;
+        if succeeded {
+            self.pending = false;
+            self.pause = REPAIR_MIN_PAUSE;
+        } else if self.pending {
+            self.pause = (self.pause * 2).min(REPAIR_MAX_PAUSE);
+        }
+    }
 }
 
 /// Paces one kind of request to the parent: never more often than a floor, and backing off
@@ -195,10 +249,21 @@ async fn session(
 /// One full pass, paced by [`MIN_PASS_INTERVAL`] (and its backoff).
 async fn pass(engine: &SyncEngine, state: &mut LoopState, trigger: Trigger) -> Result<(), Stop> {
     state.passes.wait().await;
-    engine.full_pass(trigger).await.map_err(|error| Stop {
+    let started = std::time::SystemTime::now();
+    let summary = engine.full_pass(trigger).await.map_err(|error| Stop {
         error,
         recorded: true,
     })?;
+    let succeeded = summary.failures.is_empty();
+    if succeeded {
+        // Every selected tag was synced or checked: what was marked evicted before is no
+        // longer selected (or gone at the parent).
+        engine
+            .store()
+            .forget_evicted_before(started)
+            .map_err(SyncError::from)?;
+    }
+    state.repair.after_pass(succeeded);
     Ok(())
 }
 
@@ -267,10 +332,27 @@ async fn follow(
     state.first_pass_done = true;
     state.backoff = Duration::from_secs(1);
     loop {
-        let wait = match closes_at {
+        if engine
+            .store()
+            .holds_evicted_tags()
+            .map_err(SyncError::from)?
+        {
+            state.repair.needed();
+        }
+        if state.repair.is_due() {
+            pass(engine, state, Trigger::Schedule).await?;
+            // Still failing: due again after the longer pause.
+            if state.repair.pending {
+                state.repair.needed();
+            }
+        }
+        let mut wait = match closes_at {
             Some(c) => ((c - Utc::now()).num_seconds().max(0) as u64).min(LONG_POLL_SECONDS),
             None => LONG_POLL_SECONDS,
         };
+        if let Some(repair_in) = state.repair.wait() {
+            wait = wait.min(repair_in.as_secs().max(1));
+        }
         state.feed.wait().await;
         let asked = Instant::now();
         let page = match engine.client().changes(cursor, wait).await {
@@ -297,8 +379,11 @@ async fn follow(
             match engine.apply_event(event).await {
                 Ok(()) => {}
                 Err(e @ SyncError::ParentUnreachable(_)) => return Err(e.into()),
-                // One bad event does not hold the feed; the next full pass reconciles it.
-                Err(e) => engine.record_failure(&e),
+                // One bad event does not hold the feed; a full pass retries it (`Repair`).
+                Err(e) => {
+                    engine.record_failure(&e);
+                    state.repair.needed();
+                }
             }
             cursor = cursor.max(event.seq);
         }
