@@ -63,15 +63,19 @@ if [ "${IOTEDGEDEV_USE_VENV:-0}" != 1 ] && command -v iotedgedev >/dev/null 2>&1
   python3 -c 'import jsonschema, iotedgedev' 2>/dev/null; then
   PY=$(command -v python3)
   IOTEDGEDEV=$(command -v iotedgedev)
-elif [ -x "$VENV/bin/iotedgedev" ] && "$VENV/bin/python" -c 'import jsonschema, iotedgedev' 2>/dev/null; then
-  PY=$VENV/bin/python
-  IOTEDGEDEV=$VENV/bin/iotedgedev
 else
-  echo "check-manifests: installing iotedgedev and jsonschema into $VENV" >&2
-  python3 -m venv "$VENV" || fail "cannot create the virtualenv $VENV (python3 -m venv)"
-  "$VENV/bin/pip" install -q --upgrade pip >&2 || fail "cannot upgrade pip in $VENV"
-  "$VENV/bin/pip" install -q iotedgedev jsonschema >&2 || fail "pip install iotedgedev jsonschema failed in $VENV"
-  "$VENV/bin/pip" check >&2 || fail "pip check found broken requirements in $VENV"
+  # Several checks may start at once on a fresh machine (tests run in parallel): one installs,
+  # the others wait for it and then use what it installed.
+  exec 9>"$VENV.lock" || fail "cannot create the lock file $VENV.lock"
+  flock 9
+  if ! { [ -x "$VENV/bin/iotedgedev" ] && "$VENV/bin/python" -c 'import jsonschema, iotedgedev' 2>/dev/null; }; then
+    echo "check-manifests: installing iotedgedev and jsonschema into $VENV" >&2
+    python3 -m venv "$VENV" || fail "cannot create the virtualenv $VENV (python3 -m venv)"
+    "$VENV/bin/pip" install -q --upgrade pip >&2 || fail "cannot upgrade pip in $VENV"
+    "$VENV/bin/pip" install -q iotedgedev jsonschema >&2 || fail "pip install iotedgedev jsonschema failed in $VENV"
+    "$VENV/bin/pip" check >&2 || fail "pip check found broken requirements in $VENV"
+  fi
+  flock -u 9
   PY=$VENV/bin/python
   IOTEDGEDEV=$VENV/bin/iotedgedev
 fi

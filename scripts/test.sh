@@ -30,5 +30,5 @@ cargo clippy --all-targets --release -- -D warnings
 cargo build --release --tests --bins
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
 AMD64_BINARY=target/release/connected-registry ./scripts/build-images.sh all
-cargo test --release -- --test-threads=2
+cargo test --release --no-fail-fast -- --test-threads=2
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh

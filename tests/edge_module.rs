@@ -237,10 +237,31 @@ fn the_twin_configures_the_module_which_syncs_reports_and_answers_methods() {
         (status.status, &status.payload["name"]),
         (200, &json!("edgenode"))
     );
+    // Garbage collection on demand: a dry run reports what a real run then frees.
+    let dry = standin
+        .call_method("gc", json!({"dryRun": true}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        (dry.status, &dry.payload["dryRun"]),
+        (200, &json!(true)),
+        "{dry:?}"
+    );
     let gc = standin
         .call_method("gc", json!({}), Duration::from_secs(30))
         .unwrap();
-    assert_eq!(gc.status, 501, "{gc:?}");
+    assert_eq!(
+        (gc.status, &gc.payload["dryRun"]),
+        (200, &json!(false)),
+        "{gc:?}"
+    );
+    assert_eq!(
+        gc.payload["blobs"], dry.payload["blobs"],
+        "{gc:?} after {dry:?}"
+    );
+    assert_eq!(
+        gc.payload["freedBytes"], dry.payload["freedBytes"],
+        "{gc:?}"
+    );
     let unknown = standin
         .call_method("reboot", json!({}), Duration::from_secs(30))
         .unwrap();
