@@ -98,7 +98,7 @@ fn sync_once(args: SyncArgs) -> anyhow::Result<()> {
                 println!(
                     "sync finished in {elapsed:.1}s: repositories {}/{}, manifests {}/{}, blobs {}/{}, {} downloaded, {} failure(s)",
                     p.repositories.done, p.repositories.total, p.manifests.done, p.manifests.total,
-                    p.blobs.done, p.blobs.total, bytesize::ByteSize(p.bytes.done), summary.failures.len()
+                    p.blobs.done, p.blobs.total, connected_registry::store::usage::human_bytes(p.bytes.done), summary.failures.len()
                 );
                 for failure in &summary.failures {
                     println!("  failed: {failure}");

@@ -377,3 +377,71 @@ fn events_older_than_the_child_ttl_expire_its_cursor() {
     let page = changes(&c, &reg, &format!("since={latest}&ttl=1"));
     assert_eq!(page["events"], serde_json::json!([]));
 }
+
+/// A thousand children long-polling at once (issue 11): every one of them is answered with the
+/// event of one push, with its digest, on its own connection.
+#[test]
+fn a_thousand_long_polls_are_all_answered() {
+    const CHILDREN: usize = 1000;
+    common::raise_open_files_limit();
+    let reg = Registry::start();
+    let c = client();
+    push_image(&c, &reg, "many", "seed", b"seed");
+    let next = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let addr = format!("127.0.0.1:{}", reg.port);
+    let polls: Vec<_> = (0..CHILDREN)
+        .map(|_| {
+            let (addr, sent) = (addr.clone(), sent.clone());
+            runtime.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let request = format!(
+                    "GET {FEED}?since={next}&wait=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(request.as_bytes()).await.unwrap();
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.unwrap();
+                String::from_utf8(answer).unwrap()
+            })
+        })
+        .collect();
+    assert!(
+        common::peers::wait_until(Duration::from_secs(60), || {
+            sent.load(std::sync::atomic::Ordering::SeqCst) == CHILDREN
+        }),
+        "not every long-poll was sent"
+    );
+    // Let the server take in the last requests; none of them may have been answered yet.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(polls.iter().all(|p| !p.is_finished()), "a poll ended early");
+    let (digest, _) = push_image(&c, &reg, "many", "wake", b"wake");
+    let answers = runtime.block_on(async {
+        let mut answers = Vec::new();
+        for poll in polls {
+            answers.push(
+                tokio::time::timeout(Duration::from_secs(60), poll)
+                    .await
+                    .expect("a long-poll was never answered")
+                    .unwrap(),
+            );
+        }
+        answers
+    });
+    assert_eq!(answers.len(), CHILDREN);
+    for answer in answers {
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let page: Value = serde_json::from_str(body).expect("a JSON page");
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{page}");
+        assert_eq!(events[0]["tag"], "wake");
+        assert_eq!(events[0]["digest"], digest.as_str());
+    }
+}

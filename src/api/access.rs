@@ -140,10 +140,17 @@ pub(super) struct ChallengeContext {
 
 impl ChallengeContext {
     pub(super) fn capture(headers: &HeaderMap, uri: &hyper::Uri) -> ChallengeContext {
+        // Copies, not `clone`s: a cloned value shares the connection's read buffer and would
+        // keep all of it (8 KiB or more) alive while the request waits, e.g. in a long-poll.
+        let owned = |name| {
+            headers
+                .get(name)
+                .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        };
         ChallengeContext {
-            host: headers.get(HOST).cloned(),
-            forwarded_host: headers.get("x-forwarded-host").cloned(),
-            forwarded_proto: headers.get("x-forwarded-proto").cloned(),
+            host: owned(HOST.as_str()),
+            forwarded_host: owned("x-forwarded-host"),
+            forwarded_proto: owned("x-forwarded-proto"),
             authority: uri.authority().map(|a| a.to_string()),
         }
     }

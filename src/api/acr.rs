@@ -98,19 +98,27 @@ pub(super) async fn handle(
                 Principal::Anonymous(_) => "*",
             };
             check(identity, &Need::Gateway(child, GatewayAction::MessageRead))?;
-            changes(api, identity, &super::query(&req)).await
+            let query = super::query(&req);
+            // The request (headers, and the connection's read buffer they point into) is not
+            // kept while the long-poll waits.
+            drop(req);
+            Box::pin(changes(api, identity, &query)).await
         }
         AcrRoute::Status => {
             check(identity, &Need::Authenticated)?;
-            status(api).await
+            Box::pin(status(api)).await
         }
         AcrRoute::Registries => {
             check(identity, &Need::Authenticated)?;
             children::list(api, identity)
         }
-        AcrRoute::Activate(name) => children::activate(api, identity, name, req).await,
-        AcrRoute::Deactivate(name) => children::deactivate(api, identity, name, req).await,
-        AcrRoute::ChildStatus(name) => children::put_status(api, identity, name, req).await,
+        AcrRoute::Activate(name) => Box::pin(children::activate(api, identity, name, req)).await,
+        AcrRoute::Deactivate(name) => {
+            Box::pin(children::deactivate(api, identity, name, req)).await
+        }
+        AcrRoute::ChildStatus(name) => {
+            Box::pin(children::put_status(api, identity, name, req)).await
+        }
     }
 }
 

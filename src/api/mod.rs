@@ -170,6 +170,9 @@ impl Api {
         response
     }
 
+    /// Route a request. Every handler that awaits runs in a box of its own, so the future of a
+    /// request is only as large as the handler it runs: a waiting change-feed long-poll (a root
+    /// holds one per child) does not carry the state of an upload.
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -179,14 +182,14 @@ impl Api {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
         // Probes and scrapers: before identification, as the probes are open.
         if let Some(route) = ops::OpsRoute::parse(&path) {
-            return ops::handle(self, route, req, source).await;
+            return Box::pin(ops::handle(self, route, req, source)).await;
         }
         if token::is_token_path(&path) {
-            return token::handle(self, req, source).await;
+            return Box::pin(token::handle(self, req, source)).await;
         }
-        let identity = self.identify(&req, source).await?;
+        let identity = Box::pin(self.identify(&req, source)).await?;
         if let Some(route) = acr::AcrRoute::parse(&path) {
-            return acr::handle(self, &identity, route, req).await;
+            return Box::pin(acr::handle(self, &identity, route, req)).await;
         }
         let route = Route::parse(&path);
         access::check(&identity, &access::Need::of(&route, &method))?;
@@ -224,16 +227,23 @@ impl Api {
                 manifests::get(store, &repo(name)?, reference, m == Method::HEAD)
             }
             (Route::Manifest { name, reference }, &Method::PUT) => {
-                manifests::put(store, &repo(name)?, reference, req, self.body_timeout()).await
+                Box::pin(manifests::put(
+                    store,
+                    &repo(name)?,
+                    reference,
+                    req,
+                    self.body_timeout(),
+                ))
+                .await
             }
             (Route::Manifest { name, reference }, &Method::DELETE) => {
-                manifests::delete(store, &repo(name)?, reference).await
+                Box::pin(manifests::delete(store, &repo(name)?, reference)).await
             }
             (Route::Blob { name, digest }, m) if is_read(m) => {
                 blobs::get(store, &repo(name)?, digest, &req, m == Method::HEAD)
             }
             (Route::Blob { name, digest }, &Method::DELETE) => {
-                blobs::delete(store, &repo(name)?, digest).await
+                Box::pin(blobs::delete(store, &repo(name)?, digest)).await
             }
             (Route::UploadStart { name }, &Method::POST) => {
                 // A blob is mounted only from a repository the client may read.
@@ -247,17 +257,38 @@ impl Api {
                     )
                     .is_ok()
                 };
-                uploads::start(store, &repo(name)?, req, self.body_timeout(), &may_read).await
+                Box::pin(uploads::start(
+                    store,
+                    &repo(name)?,
+                    req,
+                    self.body_timeout(),
+                    &may_read,
+                ))
+                .await
             }
             (Route::Upload { name, id }, &Method::GET) => uploads::status(store, &repo(name)?, id),
             (Route::Upload { name, id }, &Method::PATCH) => {
-                uploads::patch(store, &repo(name)?, id, req, self.body_timeout()).await
+                Box::pin(uploads::patch(
+                    store,
+                    &repo(name)?,
+                    id,
+                    req,
+                    self.body_timeout(),
+                ))
+                .await
             }
             (Route::Upload { name, id }, &Method::PUT) => {
-                uploads::finish(store, &repo(name)?, id, req, self.body_timeout()).await
+                Box::pin(uploads::finish(
+                    store,
+                    &repo(name)?,
+                    id,
+                    req,
+                    self.body_timeout(),
+                ))
+                .await
             }
             (Route::Upload { name, id }, &Method::DELETE) => {
-                uploads::cancel(store, &repo(name)?, id).await
+                Box::pin(uploads::cancel(store, &repo(name)?, id)).await
             }
             (Route::NotFound, _) => Err(Error::new(
                 ErrorCode::NotFound,

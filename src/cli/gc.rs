@@ -55,11 +55,11 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
             println!("manifest  {repo}@{digest}");
         }
         for (digest, size) in &report.blobs {
-            println!("blob      {digest}  {size} bytes ({})", bytesize::ByteSize(*size));
+            println!("blob      {digest}  {size} bytes ({})", connected_registry::store::usage::human_bytes(*size));
         }
         println!(
             "{verb} {} in {} blob file(s); {} untagged manifest(s), {} blob link(s), {} manifest record(s); {:.1}s",
-            bytesize::ByteSize(report.freed_bytes()),
+            connected_registry::store::usage::human_bytes(report.freed_bytes()),
             report.blobs.len(),
             report.manifests.len(),
             report.blob_links,

@@ -65,6 +65,7 @@ impl Overrides {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    config::limits::raise_open_files_limit();
     let env = |k: &str| std::env::var(k).ok();
     let module = ModuleEnvironment::from_env(env)?;
     let file_config = match &args.config {

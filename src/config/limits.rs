@@ -145,6 +145,28 @@ pub fn open_files_limit() -> u64 {
     }
 }
 
+/// Raise the soft open-files limit to the hard one, as a service manager would (systemd's
+/// `LimitNOFILE`): a root with thousands of children long-polling holds a descriptor for each.
+/// Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+        }
+    }
+    open_files_limit()
+}
+
 /// 80 % of the descriptor limit, leaving the rest to blob files, sled and parent connections.
 fn default_max_connections(fds: u64) -> usize {
     ((fds.saturating_mul(4) / 5) as usize).clamp(16, MAX_DEFAULT_CONNECTIONS)

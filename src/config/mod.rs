@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 pub mod bootstrap;
 pub mod edit;
-mod limits;
+pub mod limits;
 pub mod operations;
 pub mod schedule;
 pub mod select;
@@ -114,6 +114,13 @@ pub struct SyncConfig {
     pub concurrency: usize,
     /// Like `20MiB/s`.
     pub bandwidth_limit: Option<String>,
+    /// Against a parent with no change feed: ISO-8601 pause after each reconcile pass, PT1S – PT1H.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    /// The pause doubles after each pass that found nothing new, up to this (≥ `pollInterval`,
+    /// at most PT1H), and returns to `pollInterval` once a pass fetches something.
+    #[serde(default = "default_max_poll_interval")]
+    pub max_poll_interval: String,
 }
 
 impl Default for SyncConfig {
@@ -127,6 +134,8 @@ impl Default for SyncConfig {
             platforms: Vec::new(),
             concurrency: default_concurrency(),
             bandwidth_limit: None,
+            poll_interval: default_poll_interval(),
+            max_poll_interval: default_max_poll_interval(),
         }
     }
 }
@@ -148,6 +157,14 @@ fn default_ttl() -> String {
 
 fn default_concurrency() -> usize {
     4
+}
+
+fn default_poll_interval() -> String {
+    "PT5S".to_owned()
+}
+
+fn default_max_poll_interval() -> String {
+    "PT5M".to_owned()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -422,6 +439,7 @@ impl ParentConfig {
         let sync = &self.sync;
         schedule::Schedule::parse(&sync.schedule, sync.window.as_deref())?;
         schedule::parse_message_ttl(&sync.message_ttl)?;
+        schedule::parse_poll_intervals(sync)?;
         if sync.repositories.is_empty() {
             return invalid(
                 "parent.sync.repositories",

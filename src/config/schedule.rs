@@ -20,6 +20,8 @@ const SCHEDULE_FIELD: &str = "parent.sync.schedule";
 const WINDOW_FIELD: &str = "parent.sync.window";
 const TTL_FIELD: &str = "parent.sync.messageTtl";
 const BANDWIDTH_FIELD: &str = "parent.sync.bandwidthLimit";
+const POLL_FIELD: &str = "parent.sync.pollInterval";
+const MAX_POLL_FIELD: &str = "parent.sync.maxPollInterval";
 
 /// The expression that means "always open".
 const CONTINUOUS: &str = "* * * * *";
@@ -28,6 +30,9 @@ const MIN_WINDOW: Duration = Duration::from_secs(60 * 60);
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const MIN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Bounds of `pollInterval` and `maxPollInterval`.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
 /// How many overlapping windows are merged when computing `closes_at`. Each step moves the
 /// close by up to one window (at least an hour), so this looks well ahead; a schedule whose
@@ -196,6 +201,49 @@ pub fn parse_message_ttl(ttl: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
+/// How often a child polls a parent with no change feed: `first` after a pass that fetched
+/// something, doubling after each pass that found nothing new, up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollIntervals {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for PollIntervals {
+    fn default() -> Self {
+        PollIntervals {
+            first: Duration::from_secs(5),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `pollInterval` and `maxPollInterval`: each PT1S – PT1H, the maximum not below the first.
+pub fn parse_poll_intervals(sync: &super::SyncConfig) -> Result<PollIntervals, ConfigError> {
+    let bounded = |field, text: &str| {
+        let d = parse_iso_duration(field, text)?;
+        if !(MIN_POLL_INTERVAL..=MAX_POLL_INTERVAL).contains(&d) {
+            return Err(ConfigError::Invalid {
+                field,
+                rule: format!("{text:?} must be between PT1S and PT1H (inclusive)"),
+            });
+        }
+        Ok(d)
+    };
+    let first = bounded(POLL_FIELD, &sync.poll_interval)?;
+    let max = bounded(MAX_POLL_FIELD, &sync.max_poll_interval)?;
+    if max < first {
+        return Err(ConfigError::Invalid {
+            field: MAX_POLL_FIELD,
+            rule: format!(
+                "{:?} must not be shorter than pollInterval {:?}",
+                sync.max_poll_interval, sync.poll_interval
+            ),
+        });
+    }
+    Ok(PollIntervals { first, max })
+}
+
 /// An ISO-8601 duration of fixed length: weeks, days, hours, minutes and seconds (a day is 24 h,
 /// as everything here is UTC). Years and months have no fixed length and are refused.
 pub(crate) fn parse_iso_duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
@@ -294,6 +342,30 @@ mod tests {
             for now in [at(2024, 1, 1, 0, 0), at(2031, 7, 15, 13, 37)] {
                 assert_eq!(s.state_at(now), WindowState::Open { closes_at: None });
             }
+        }
+    }
+
+    #[test]
+    fn poll_intervals_default_bounded_and_ordered() {
+        let mut sync = crate::config::SyncConfig::default();
+        assert_eq!(
+            parse_poll_intervals(&sync).unwrap(),
+            PollIntervals::default()
+        );
+        sync.poll_interval = "PT30S".into();
+        sync.max_poll_interval = "PT1H".into();
+        let p = parse_poll_intervals(&sync).unwrap();
+        assert_eq!((p.first.as_secs(), p.max.as_secs()), (30, 3600));
+        for (first, max, field) in [
+            ("PT0.5S", "PT5M", "parent.sync.pollInterval"),
+            ("PT5S", "PT2H", "parent.sync.maxPollInterval"),
+            ("PT1M", "PT30S", "parent.sync.maxPollInterval"),
+            ("often", "PT5M", "parent.sync.pollInterval"),
+        ] {
+            sync.poll_interval = first.into();
+            sync.max_poll_interval = max.into();
+            let (got, _) = invalid_field(parse_poll_intervals(&sync).unwrap_err());
+            assert_eq!(got, field, "{first} {max}");
         }
     }
 

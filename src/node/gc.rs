@@ -58,7 +58,7 @@ impl Collector {
             blob_links = report.blob_links,
             blobs = report.blobs.len(),
             freed_bytes = freed,
-            freed = %bytesize::ByteSize(freed),
+            freed = %crate::store::usage::human_bytes(freed),
             expired_uploads = uploads,
             expired_partial_downloads = partials,
             elapsed_ms = report.elapsed.as_millis() as u64,

@@ -5,6 +5,7 @@
 
 mod admission;
 mod idle;
+mod protocol;
 mod tls;
 
 use std::convert::Infallible;
@@ -53,7 +54,7 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// What every connection task shares.
 struct Shared {
     api: Arc<Api>,
-    builder: auto::Builder<TokioExecutor>,
+    builders: protocol::Builders,
     idle_timeout: Duration,
     /// Set when the server starts stopping: connections finish what is in flight and close.
     stop: watch::Receiver<bool>,
@@ -76,7 +77,7 @@ pub async fn serve(
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         api,
-        builder: http_builder(&limits),
+        builders: protocol::Builders::new(http_builder(&limits)),
         idle_timeout: limits.connection_idle_timeout,
         stop: stop_rx,
     });
@@ -107,13 +108,30 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         match &tls {
-            None => conns.spawn(serve_connection(stream, peer, shared, permit)),
+            None => conns.spawn(async move {
+                // A client that sends nothing is closed after the idle timeout, as before any
+                // other request; a stopping server does not wait for it.
+                let mut stop = shared.stop.clone();
+                let protocol = tokio::select! {
+                    p = protocol::sniff(&stream, shared.idle_timeout) => p,
+                    _ = stop.wait_for(|stopping| *stopping) => None,
+                };
+                match protocol {
+                    Some(protocol) => {
+                        serve_connection(stream, peer, shared, permit, protocol).await
+                    }
+                    None => tracing::debug!(%peer, "closing a connection that sent nothing"),
+                }
+            }),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let handshake = TLS_HANDSHAKE_TIMEOUT.min(shared.idle_timeout);
                     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, shared, permit).await,
+                        Ok(Ok(stream)) => {
+                            let protocol = protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+                            serve_connection(stream, peer, shared, permit, protocol).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -160,6 +178,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
+    protocol: protocol::Protocol,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -189,7 +208,10 @@ async fn serve_connection<I>(
             }
         })
     };
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    let conn = shared
+        .builders
+        .get(protocol)
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut stop = shared.stop.clone();
     let ended = tokio::select! {

@@ -137,22 +137,23 @@ impl BlobFiles {
             .context(|| format!("seeking in {path:?}"))?;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
         tokio::task::spawn_blocking(move || {
+            let mut buffers = ReadBuffers::default();
             let mut remaining = len;
             while remaining > 0 {
-                let want = remaining.min(IO_CHUNK as u64);
-                // read_to_end fills spare capacity without zeroing it first.
-                let mut buf = Vec::with_capacity(want as usize);
-                let chunk = match (&mut file).take(want).read_to_end(&mut buf) {
+                let want = remaining.min(IO_CHUNK as u64) as usize;
+                let mut buf = buffers.take();
+                let chunk = match read_spare(&file, &mut buf, want) {
                     Ok(0) => Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("blob file {path:?} is shorter than recorded"),
                     )),
                     Ok(n) => {
                         remaining -= n as u64;
-                        Ok(Bytes::from(buf))
+                        Ok(buf.split().freeze())
                     }
                     Err(e) => Err(e),
                 };
+                buffers.give_back(buf);
                 let failed = chunk.is_err();
                 if tx.blocking_send(chunk).is_err() || failed {
                     return;
@@ -160,6 +161,57 @@ impl BlobFiles {
             }
         });
         Ok(tokio_stream(rx))
+    }
+}
+
+/// The read buffers of one blob stream: each chunk sent is a frozen view of one of them, and a
+/// buffer is filled again once the network side has dropped its chunk. A stream allocates a
+/// handful of buffers however long the blob is, instead of one per chunk (which churned the
+/// allocator and left its arenas holding tens of MiB after a burst of pulls).
+#[derive(Default)]
+struct ReadBuffers {
+    idle: Vec<BytesMut>,
+}
+
+/// Chunks in flight per stream: the channel's two, the one hyper writes, the one being read.
+const READ_BUFFERS: usize = 4;
+
+impl ReadBuffers {
+    /// An empty buffer with room for a whole chunk: one whose chunk was dropped, or a new one.
+    fn take(&mut self) -> BytesMut {
+        match self.idle.iter_mut().position(|b| b.try_reclaim(IO_CHUNK)) {
+            Some(i) => self.idle.swap_remove(i),
+            None => BytesMut::with_capacity(IO_CHUNK),
+        }
+    }
+
+    /// Keep `buf` (its chunk is still out) to fill again later.
+    fn give_back(&mut self, buf: BytesMut) {
+        if self.idle.len() < READ_BUFFERS {
+            self.idle.push(buf);
+        }
+    }
+}
+
+/// Read up to `want` bytes into the spare capacity of `buf` without zeroing it first.
+fn read_spare(file: &File, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let want = want.min(spare.len());
+    let target = spare.as_mut_ptr();
+    loop {
+        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which `buf`
+        // owns; only the bytes it reports written become part of `buf`.
+        let n = unsafe { libc::read(file.as_raw_fd(), target.cast(), want) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: `n` bytes past the length were just initialised by `read`.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 

@@ -112,9 +112,9 @@ impl Store {
                     missing,
                     format!(
                         "storing {} more would exceed storage.maxSize ({} of {} used)",
-                        bytesize::ByteSize(bytes),
-                        bytesize::ByteSize(used),
-                        bytesize::ByteSize(max)
+                        crate::store::usage::human_bytes(bytes),
+                        crate::store::usage::human_bytes(used),
+                        crate::store::usage::human_bytes(max)
                     ),
                 ));
             }
@@ -124,9 +124,9 @@ impl Store {
                 let missing = bytes.saturating_add(limits.min_free) - free;
                 return Some((missing, format!(
                     "storing {} more would leave less than storage.minFree ({}) free on the data volume ({} free)",
-                    bytesize::ByteSize(bytes),
-                    bytesize::ByteSize(limits.min_free),
-                    bytesize::ByteSize(free)
+                    crate::store::usage::human_bytes(bytes),
+                    crate::store::usage::human_bytes(limits.min_free),
+                    crate::store::usage::human_bytes(free)
                 )));
             }
         }
@@ -173,7 +173,7 @@ impl Store {
                     ErrorCode::InsufficientStorage,
                     format!(
                         "{why}; evicting every synced tag would free at most {}, so none was evicted",
-                        bytesize::ByteSize(could_free)
+                        crate::store::usage::human_bytes(could_free)
                     ),
                 ));
             }

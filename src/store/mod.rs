@@ -18,6 +18,7 @@ mod deletes;
 mod evict;
 pub mod format;
 pub mod gc;
+mod group_flush;
 mod listings;
 mod locks;
 mod metadata;
@@ -74,7 +75,9 @@ pub struct Store {
     /// Held by every writer of a repository's metadata across its reads and its transaction.
     locks: RepoLocks,
     /// Sequence number of the newest durable change event; long-polls wait on it.
-    last_change: tokio::sync::watch::Sender<u64>,
+    last_change: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Metadata flushes, shared by writers that wait at the same time (group commit).
+    flusher: Arc<group_flush::GroupFlush>,
     /// Local pushes and deletes are recorded in the outbox for the parent (see [`outbox`]).
     upstream: std::sync::atomic::AtomicBool,
     counters: counters::Counters,
@@ -113,6 +116,12 @@ impl Store {
         let trees = Trees::open(&db)?;
         let files = BlobFiles::new(root)?;
         let newest = metadata::newest_change(&trees.changes)?;
+        let last_change = Arc::new(tokio::sync::watch::Sender::new(newest));
+        let flusher = group_flush::GroupFlush::new(flush_work(
+            db.clone(),
+            trees.changes.clone(),
+            last_change.clone(),
+        ));
         let store = Store {
             root: root.to_owned(),
             db,
@@ -120,7 +129,8 @@ impl Store {
             files,
             uploads: uploads::Sessions::new(root)?,
             locks: RepoLocks::new(),
-            last_change: tokio::sync::watch::Sender::new(newest),
+            last_change,
+            flusher,
             upstream: std::sync::atomic::AtomicBool::new(false),
             counters: counters::Counters::default(),
             claims: tokio::sync::RwLock::new(()),
@@ -182,26 +192,10 @@ impl Store {
         &self.root
     }
 
-    /// Make every committed change durable, then wake whoever waits for change events.
+    /// Make every committed change durable, then wake whoever waits for change events. Writers
+    /// flushing at the same time share one flush ([`group_flush`]).
     pub async fn flush(&self) -> Result<()> {
-        // Read the newest event before flushing: everything committed by then is in this flush,
-        // so the published seq is durable. Concurrent flushes may finish out of order, so the
-        // published seq only ever moves forward.
-        let newest = metadata::newest_change(&self.trees.changes)?;
-        // Not `flush_async`: several of those at once can hang for good in sled 0.34
-        // (spacejam/sled#1308). A blocking flush on the blocking pool has no such bug.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| Error::new(ErrorCode::Unknown, format!("flush task failed: {e}")))??;
-        self.last_change.send_if_modified(|seq| {
-            let moved = newest > *seq;
-            if moved {
-                *seq = newest;
-            }
-            moved
-        });
-        Ok(())
+        self.flusher.flush().await
     }
 
     /// Watch the sequence number of the newest durable change event.
@@ -576,4 +570,28 @@ fn manifest_unknown(reference: &Reference) -> Error {
         ErrorCode::ManifestUnknown,
         format!("manifest {reference} is not in this repository"),
     )
+}
+
+/// One metadata flush: everything committed before it starts becomes durable, then the newest
+/// change event of that moment is published to the long-polls.
+fn flush_work(
+    db: sled::Db,
+    changes: sled::Tree,
+    last_change: Arc<tokio::sync::watch::Sender<u64>>,
+) -> group_flush::FlushFn {
+    Arc::new(move || {
+        // Read the newest event before flushing: everything committed by then is in this
+        // flush, so the published seq is durable. Not `flush_async`: several of those at once
+        // can hang for good in sled 0.34 (spacejam/sled#1308); this runs on the blocking pool.
+        let newest = metadata::newest_change(&changes)?;
+        db.flush()?;
+        last_change.send_if_modified(|seq| {
+            let moved = newest > *seq;
+            if moved {
+                *seq = newest;
+            }
+            moved
+        });
+        Ok(())
+    })
 }

@@ -13,6 +13,11 @@ use std::sync::Arc;
 
 use super::Store;
 
+/// A byte count for people, in binary units (`712.0 MiB`), as everywhere in this project.
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).to_string_as(true)
+}
+
 impl Store {
     /// Count the blob files' bytes in the background and add them to the running total.
     pub(super) fn spawn_usage_walk(self: &Arc<Self>) {

@@ -14,8 +14,6 @@ use super::schedule::{Schedule, WindowState};
 
 /// How long one long-poll of the change feed waits for an event.
 pub const LONG_POLL_SECONDS: u64 = 30;
-/// Against a plain OCI parent (no change feed): time between reconcile passes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest pause after a failed session (the parent gone, authentication refused, …); the pause
 /// starts at one second and doubles.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -60,6 +58,7 @@ pub async fn run(
         backoff: Duration::from_secs(1),
         passes: Pacer::new(MIN_PASS_INTERVAL, MAX_PASS_BACKOFF),
         feed: Pacer::new(FEED_MIN_INTERVAL, FEED_MAX_BACKOFF),
+        polls: Pacer::new(engine.poll_intervals().first, engine.poll_intervals().max),
         repair: Repair::new(),
     };
     while !*shutdown.borrow() {
@@ -123,6 +122,9 @@ struct LoopState {
     passes: Pacer,
     /// Paces requests to the change feed.
     feed: Pacer,
+    /// The pause after each pass against a parent with no feed (`pollInterval`, doubling to
+    /// `maxPollInterval` while passes find nothing new).
+    polls: Pacer,
     /// Full passes that retry what the feed could not apply.
     repair: Repair,
 }
@@ -246,9 +248,19 @@ async fn session(
     }
 }
 
-/// One full pass, paced by [`MIN_PASS_INTERVAL`] (and its backoff).
-async fn pass(engine: &SyncEngine, state: &mut LoopState, trigger: Trigger) -> Result<(), Stop> {
+/// One full pass, paced by [`MIN_PASS_INTERVAL`] (and its backoff). Returns whether it fetched
+/// anything.
+async fn pass(engine: &SyncEngine, state: &mut LoopState, trigger: Trigger) -> Result<bool, Stop> {
     state.passes.wait().await;
+    unpaced_pass(engine, state, trigger).await
+}
+
+/// One full pass, right away (polling paces its passes itself).
+async fn unpaced_pass(
+    engine: &SyncEngine,
+    state: &mut LoopState,
+    trigger: Trigger,
+) -> Result<bool, Stop> {
     let started = std::time::SystemTime::now();
     let summary = engine.full_pass(trigger).await.map_err(|error| Stop {
         error,
@@ -264,7 +276,8 @@ async fn pass(engine: &SyncEngine, state: &mut LoopState, trigger: Trigger) -> R
             .map_err(SyncError::from)?;
     }
     state.repair.after_pass(succeeded);
-    Ok(())
+    let progress = &summary.progress;
+    Ok(progress.manifests.total > 0 || progress.blobs.total > 0)
 }
 
 /// Reconcile, then keep up with the parent until an error (or, when polling, until it is time
@@ -284,20 +297,24 @@ async fn follow(
             // answers is synced by polling.
             engine.client().ping().await?;
             tracing::info!(error = %e, "the parent has no usable change feed; polling");
+            let intervals = engine.poll_intervals();
             engine.status().add_detail(
                 "Sync",
                 "PollingFallback",
                 format!(
-                    "no change feed at the parent ({e}); polling every {}s",
-                    POLL_INTERVAL.as_secs()
+                    "no change feed at the parent ({e}); polling every {}s, backing off to \
+                     every {}s while nothing changes",
+                    intervals.first.as_secs(),
+                    intervals.max.as_secs()
                 ),
             );
             false
         }
     };
     if !has_feed {
-        // A plain OCI parent: reconcile every POLL_INTERVAL (tags/list + HEAD, downloads only
-        // what changed), asking again for a feed every FEED_REPROBE_INTERVAL.
+        // A plain OCI parent: reconcile (tags/list + HEAD, downloads only what changed), then
+        // pause `pollInterval`, doubling while passes find nothing new; ask again for a feed
+        // every FEED_REPROBE_INTERVAL.
         let until = Instant::now() + FEED_REPROBE_INTERVAL;
         loop {
             let trigger = if state.first_pass_done {
@@ -305,10 +322,15 @@ async fn follow(
             } else {
                 state.first_trigger.take().unwrap_or(Trigger::InitialSync)
             };
-            pass(engine, state, trigger).await?;
+            if unpaced_pass(engine, state, trigger).await? {
+                state.polls.productive();
+            } else {
+                state.polls.unproductive();
+            }
             state.first_pass_done = true;
             state.backoff = Duration::from_secs(1);
-            tokio::time::sleep(POLL_INTERVAL).await;
+            // Measured from the end of the pass: a slow parent is not asked again at once.
+            tokio::time::sleep(state.polls.current).await;
             if Instant::now() >= until {
                 return Ok(());
             }

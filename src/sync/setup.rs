@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::activation;
 use super::client::{ParentClient, ParentOptions, SyncError};
 use super::engine::{PassSummary, SyncEngine, Trigger};
-use super::schedule::{parse_bandwidth, parse_message_ttl, Schedule};
+use super::schedule::{parse_bandwidth, parse_message_ttl, parse_poll_intervals, Schedule};
 use super::select::Selection;
 use crate::config::{ConfigError, Mode, ParentConfig};
 use crate::status::StatusHandle;
@@ -59,7 +59,8 @@ pub fn build(
             .transpose()?,
     })?
     .with_message_ttl(parse_message_ttl(&sync.message_ttl)?);
-    let engine = SyncEngine::new(store, client, selection, sync.concurrency, status);
+    let engine = SyncEngine::new(store, client, selection, sync.concurrency, status)
+        .with_poll_intervals(parse_poll_intervals(sync)?);
     Ok((Arc::new(engine), schedule))
 }
 

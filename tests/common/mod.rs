@@ -19,6 +19,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Raise this process's soft open-files limit to the hard one (a test holding a thousand
+/// connections), and fail clearly when even that is too low.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 4096,
+        "the open-files limit is {}; this test needs 4096 (ulimit -n)",
+        limit.rlim_cur
+    );
+    limit.rlim_cur
+}
+
 /// Panics unless `tool` is on PATH.
 pub fn require(tool: &str) -> PathBuf {
     let out = Command::new("sh")

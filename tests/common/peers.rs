@@ -713,7 +713,15 @@ impl Node {
     }
 
     /// [`Node::with_config`] with its data in `data_dir` (a small filesystem, a fixture).
-    pub fn with_config_in(config: Value, data_dir: Option<PathBuf>) -> Node {
+    /// Polling a parent with no feed backs off to at most 5 s here unless the test says
+    /// otherwise, so a change is noticed within a test's patience.
+    pub fn with_config_in(mut config: Value, data_dir: Option<PathBuf>) -> Node {
+        if let Some(sync) = config
+            .pointer_mut("/parent/sync")
+            .and_then(Value::as_object_mut)
+        {
+            sync.entry("maxPollInterval").or_insert(json!("PT5S"));
+        }
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("child.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

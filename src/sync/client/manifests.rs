@@ -67,10 +67,10 @@ impl ParentClient {
             return Err(unexpected(&req, &f));
         }
         let what = format!("manifest {repo}:{reference}");
-        let digest = match &reference {
+        let (digest, named) = match &reference {
             Reference::Digest(expected) => {
                 verify(&what, expected, &f.body)?;
-                expected.clone()
+                (expected.clone(), expected.clone())
             }
             Reference::Tag(_) => match f.headers.get(DOCKER_CONTENT_DIGEST) {
                 Some(value) => {
@@ -85,9 +85,12 @@ impl ParentClient {
                         })?;
                     verify(&what, &announced, &f.body)?;
                     // Verified; named here by sha256, as the store names a tagged manifest.
-                    Digest::sha256_of(&f.body)
+                    (Digest::sha256_of(&f.body), announced)
                 }
-                None => Digest::sha256_of(&f.body),
+                None => {
+                    let digest = Digest::sha256_of(&f.body);
+                    (digest.clone(), digest)
+                }
             },
         };
         let content_type = f
@@ -96,6 +99,7 @@ impl ParentClient {
             .and_then(|v| v.to_str().ok());
         Ok(Some(RemoteManifest {
             digest,
+            named,
             media_type: manifest_media_type(content_type, &f.body),
             bytes: f.body,
         }))

@@ -118,7 +118,11 @@ pub struct ParentOptions {
 /// A manifest fetched from the parent.
 #[derive(Debug, Clone)]
 pub struct RemoteManifest {
+    /// Its sha256 when fetched by tag, else the digest asked for.
     pub digest: Digest,
+    /// The digest the parent names it by: the one asked for, or the (verified)
+    /// `Docker-Content-Digest` of a fetch by tag, which may be a sha512.
+    pub named: Digest,
     pub media_type: String,
     pub bytes: Bytes,
 }

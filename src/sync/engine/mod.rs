@@ -19,6 +19,7 @@ use futures_util::{stream, StreamExt};
 use tokio::sync::Semaphore;
 
 use super::client::{ParentClient, SyncError};
+use super::schedule::PollIntervals;
 use super::select::Selection;
 use crate::oci::{Digest, Reference, RepositoryName};
 use crate::status::{Progress, StatusHandle};
@@ -69,6 +70,8 @@ pub struct SyncEngine {
     concurrency: usize,
     status: StatusHandle,
     downloads: Semaphore,
+    /// Tags a pass works on at once, across the repositories it syncs at once.
+    tag_slots: Semaphore,
     /// One download per digest at a time; a second task needing it waits and then links it.
     blob_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Cleared for the rest of a pass after the parent answers a referrers request with "no
@@ -76,6 +79,8 @@ pub struct SyncEngine {
     referrers_supported: AtomicBool,
     /// Repositories whose `tags/list` answered 404, with the number of consecutive passes.
     missing: Mutex<HashMap<RepositoryName, u32>>,
+    /// Pacing of passes against a parent with no change feed.
+    poll_intervals: PollIntervals,
 }
 
 impl SyncEngine {
@@ -93,10 +98,21 @@ impl SyncEngine {
             concurrency: concurrency.max(1),
             status,
             downloads: Semaphore::new(concurrency.max(1)),
+            tag_slots: Semaphore::new(concurrency.max(1)),
             blob_locks: Mutex::new(HashMap::new()),
             referrers_supported: AtomicBool::new(true),
             missing: Mutex::new(HashMap::new()),
+            poll_intervals: PollIntervals::default(),
         }
+    }
+
+    pub fn with_poll_intervals(mut self, poll_intervals: PollIntervals) -> SyncEngine {
+        self.poll_intervals = poll_intervals;
+        self
+    }
+
+    pub fn poll_intervals(&self) -> PollIntervals {
+        self.poll_intervals
     }
 
     pub fn client(&self) -> &ParentClient {
@@ -197,8 +213,16 @@ impl SyncEngine {
         self.prune_unselected().await?;
         self.progress(|p| p.repositories.total = repositories.len() as u64);
         let mut failures = Vec::new();
-        for repo in &repositories {
-            match self.sync_repository(repo).await {
+        // Several repositories at once, so many small ones do not go one by one; the tags in
+        // flight across them stay within `concurrency` (`tag_slots`).
+        let mut results = stream::iter(repositories)
+            .map(|repo| async move {
+                let result = self.sync_repository(&repo).await;
+                (repo, result)
+            })
+            .buffer_unordered(self.concurrency);
+        while let Some((repo, result)) = results.next().await {
+            match result {
                 Ok(mut f) => failures.append(&mut f),
                 // Losing the parent ends the pass; the caller retries.
                 Err(e) if self.parent_gone(&e).await => return Err(e),
@@ -291,6 +315,7 @@ impl SyncEngine {
         }
         let results: Vec<(String, Result<(), SyncError>)> = stream::iter(remote)
             .map(|tag| async move {
+                let _slot = self.tag_slots.acquire().await.expect("never closed");
                 let result = self.sync_tag(repo, &tag, None).await;
                 (tag, result)
             })
@@ -321,19 +346,24 @@ impl SyncEngine {
         known: Option<Digest>,
     ) -> Result<(), SyncError> {
         let from_event = known.is_some();
+        let local = self.store.tag_digest(repo, tag)?;
+        let mut prefetched = None;
         let remote = match known {
             Some(d) => d,
+            // Not held here: fetch it at once (a `HEAD` first would only add a request).
+            None if local.is_none() => match self.client.get_manifest(repo.as_str(), tag).await? {
+                Some(m) => {
+                    let named = m.named.clone();
+                    prefetched = Some(m);
+                    named
+                }
+                None => return Err(listed_but_missing(repo, tag)),
+            },
             None => match self.client.head_manifest(repo.as_str(), tag).await? {
                 Some(d) => d,
-                None => {
-                    // Listed but not there: inconsistent, so nothing is removed on its word.
-                    return Err(SyncError::Protocol(format!(
-                        "{repo}:{tag} is listed by the parent but its manifest answers 404"
-                    )));
-                }
+                None => return Err(listed_but_missing(repo, tag)),
             },
         };
-        let local = self.store.tag_digest(repo, tag)?;
         // A parent's sha512 is compared through the alias recorded when the manifest was
         // stored (after verifying that digest), so an unchanged tag is not fetched again.
         let remote_here = self.store.linked_digest(repo, &remote)?;
@@ -348,7 +378,9 @@ impl SyncEngine {
         // A tag evicted for room is not fetched again while it still would not fit.
         self.store.check_evicted(repo, tag, &remote)?;
         self.progress(|p| p.manifests.total += 1);
-        let (media_type, bytes) = self.fetch_tree(repo, remote.clone(), None, true).await?;
+        let (media_type, bytes) = self
+            .fetch_tree(repo, remote.clone(), None, true, prefetched)
+            .await?;
         // By digest first, then its referrers, then the tag: the tag is the last thing visible.
         self.store
             .put_mirrored_manifest(
@@ -435,6 +467,14 @@ impl SyncEngine {
     fn progress(&self, f: impl FnOnce(&mut Progress)) {
         self.status.update(|s| f(&mut s.sync.progress));
     }
+}
+
+/// A tag the parent lists but whose manifest answers 404: inconsistent, so nothing is removed
+/// on its word.
+fn listed_but_missing(repo: &RepositoryName, tag: &str) -> SyncError {
+    SyncError::Protocol(format!(
+        "{repo}:{tag} is listed by the parent but its manifest answers 404"
+    ))
 }
 
 /// Name the tag in a failure whose message does not say which tag it was.

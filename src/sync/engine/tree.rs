@@ -17,7 +17,7 @@ use futures_util::{stream, StreamExt};
 
 use super::SyncEngine;
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName};
-use crate::sync::client::SyncError;
+use crate::sync::client::{RemoteManifest, SyncError};
 
 /// Deepest nesting of indexes under a tag: an index may hold indexes down to this many levels
 /// (real images use one). A deeper tag is refused, reported in `statusDetails`, and never
@@ -57,19 +57,23 @@ struct Done {
 impl SyncEngine {
     /// Fetch manifest `root` and everything under it (children stored by digest, blobs, and —
     /// with `referrers` — the referrers of every child). Returns the root's media type and bytes
-    /// for the caller to store.
+    /// for the caller to store. `prefetched`: the root, already fetched and verified (by tag).
     pub(super) async fn fetch_tree(
         &self,
         repo: &RepositoryName,
         root: Digest,
         root_size: Option<u64>,
         referrers: bool,
+        mut prefetched: Option<RemoteManifest>,
     ) -> Result<(String, Bytes), SyncError> {
         let mut stack: Vec<Frame> = Vec::new();
         let mut next = (root, root_size);
         loop {
             let (digest, size) = next;
-            let mut done = match self.visit(repo, &digest, size, stack.len()).await? {
+            let visit = self
+                .visit(repo, &digest, size, stack.len(), prefetched.take())
+                .await?;
+            let mut done = match visit {
                 Visit::Leaf(done) => done,
                 Visit::Index(mut frame) => {
                     frame.next = 1;
@@ -124,6 +128,7 @@ impl SyncEngine {
         digest: &Digest,
         size: Option<u64>,
         depth: usize,
+        prefetched: Option<RemoteManifest>,
     ) -> Result<Visit, SyncError> {
         // Stored here means complete: children are always stored before their parents.
         if let Some(m) = self.store.manifest_by_digest(repo, digest)? {
@@ -133,7 +138,10 @@ impl SyncEngine {
                 bytes: m.bytes,
             }));
         }
-        let remote = self.refetch_remote(repo, digest).await?;
+        let remote = match prefetched {
+            Some(m) if m.named == *digest => m,
+            _ => self.refetch_remote(repo, digest).await?,
+        };
         if let Some(size) = size.filter(|s| *s != remote.bytes.len() as u64) {
             return Err(SyncError::SizeMismatch(format!(
                 "manifest {repo}@{digest}: the descriptor says {size} bytes, the parent sent {}",
@@ -179,7 +187,7 @@ impl SyncEngine {
         &self,
         repo: &RepositoryName,
         digest: &Digest,
-    ) -> Result<crate::sync::client::RemoteManifest, SyncError> {
+    ) -> Result<RemoteManifest, SyncError> {
         self.client
             .get_manifest(repo.as_str(), &digest.to_string())
             .await?
@@ -366,7 +374,9 @@ impl SyncEngine {
         digest: &Digest,
     ) -> Result<(), SyncError> {
         self.progress(|p| p.manifests.total += 1);
-        let (media_type, bytes) = self.fetch_tree(repo, digest.clone(), None, false).await?;
+        let (media_type, bytes) = self
+            .fetch_tree(repo, digest.clone(), None, false, None)
+            .await?;
         self.store
             .put_mirrored_manifest(repo, &Reference::Digest(digest.clone()), &media_type, bytes)
             .await?;

@@ -1,0 +1,411 @@
+//! Load client for `bench/scale.sh`: many children long-polling one root's change feed at once.
+//!
+//! It exists because no off-the-shelf load tool holds thousands of HTTP long-polls open and
+//! tells when each one saw a given event. Each simulated child is one task on one keep-alive
+//! connection that asks `GET /acr/connected-registry/v1/changes?since=…&wait=30` again as soon
+//! as an answer arrives, as a real child does. With `--status-every`, each child is also
+//! activated and reports its status (`PUT …/registries/{name}/status`) on a short connection of
+//! its own, spread evenly over that period.
+//!
+//! Phases: connect every child and let its first long-poll wait; sample the root's RSS and CPU
+//! (`--pid`) over an idle window; push `--pushes` manifests one at a time, each only once every
+//! child has the previous one; then push at `--rate` per second for `--rate-seconds`. Prints
+//! one JSON object: RSS/CPU figures, and p50/p99 of the time from a push's start to a child
+//! having its event (over every child and push) and to all children having it (per push).
+//!
+//! `cargo build --release --example feed-load`, then see `bench/scale.sh`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http1::Conn;
+use serde_json::{json, Value};
+
+#[path = "http1.rs"]
+mod http1;
+
+const FEED: &str = "/acr/connected-registry/v1/changes";
+const REPO: &str = "scale/feed";
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// The root, `127.0.0.1:5000`.
+    #[arg(long)]
+    addr: String,
+    /// Simulated children.
+    #[arg(long, default_value_t = 1000)]
+    children: usize,
+    /// Pushes made one at a time (each after every child has the previous one).
+    #[arg(long, default_value_t = 20)]
+    pushes: usize,
+    /// Then pushes per second for `--rate-seconds` (0: skip).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    rate_seconds: u64,
+    /// Seconds of idle measurement with every long-poll waiting.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+    /// The root's process id, for RSS and CPU from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Each child also activates and reports its status this often (seconds; 0: never).
+    #[arg(long, default_value_t = 0)]
+    status_every: u64,
+}
+
+/// When each push started (index = push number).
+struct Pushes {
+    started: Mutex<Vec<Instant>>,
+    /// Children that have each push's event.
+    seen: Mutex<Vec<usize>>,
+}
+
+/// What every child records: (push number, when it had the event).
+type Seen = Arc<Mutex<Vec<(usize, Instant)>>>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut http = Conn::connect(&args.addr).await?;
+    let cursor = latest_seq(&mut http).await?;
+    push_config(&mut http).await?;
+
+    let rss_before = args.pid.map(rss_kib);
+    let pushes = Arc::new(Pushes {
+        started: Mutex::new(Vec::new()),
+        seen: Mutex::new(Vec::new()),
+    });
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(AtomicU64::new(0));
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let connect_started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.children {
+        let addr = args.addr.clone();
+        let (pushes, waiting, answers, seen) = (
+            pushes.clone(),
+            waiting.clone(),
+            answers.clone(),
+            seen.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = child(i, &addr, cursor, pushes, waiting, answers, seen).await {
+                eprintln!("child {i}: {e:#}");
+            }
+        }));
+        if i % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    if args.status_every > 0 {
+        for i in 0..args.children {
+            let addr = args.addr.clone();
+            let every = Duration::from_secs(args.status_every);
+            let offset = every.mul_f64(i as f64 / args.children as f64);
+            tokio::spawn(async move { report_status(i, &addr, every, offset).await });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while waiting.load(Ordering::SeqCst) < args.children {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} children got their long-poll out",
+            waiting.load(Ordering::SeqCst),
+            args.children
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    // Let the server take in the last requests before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_waiting, cpu_idle) = match args.pid {
+        Some(pid) => {
+            let rss = rss_kib(pid);
+            let cpu0 = cpu_seconds(pid);
+            tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+            (
+                Some(rss),
+                Some((cpu_seconds(pid) - cpu0) / args.idle_seconds as f64),
+            )
+        }
+        None => (None, None),
+    };
+
+    // One at a time: each push is awaited by every child before the next.
+    for n in 0..args.pushes {
+        push(&mut http, &pushes, n).await?;
+        wait_all(&pushes, n, args.children, Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let one_at_a_time = latency_report(&pushes, &seen, 0..args.pushes, args.children);
+
+    let mut at_rate = Value::Null;
+    if args.rate > 0 {
+        let first = args.pushes;
+        let count = (args.rate * args.rate_seconds) as usize;
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        for n in first..first + count {
+            ticks.tick().await;
+            push(&mut http, &pushes, n).await?;
+        }
+        let pushing_seconds = started.elapsed().as_secs_f64();
+        for n in first..first + count {
+            wait_all(&pushes, n, args.children, Duration::from_secs(60)).await?;
+        }
+        let mut report = latency_report(&pushes, &seen, first..first + count, args.children);
+        report["pushesPerSecondAchieved"] = json!(count as f64 / pushing_seconds);
+        at_rate = report;
+    }
+    let out = json!({
+        "children": args.children,
+        "connectSeconds": connect_seconds,
+        "rootRssKiBBefore": rss_before,
+        "rootRssKiBWaiting": rss_waiting,
+        "rootRssBytesPerLongPoll": match (rss_before, rss_waiting) {
+            (Some(b), Some(w)) => json!((w.saturating_sub(b)) as f64 * 1024.0 / args.children as f64),
+            _ => Value::Null,
+        },
+        "rootCpuWhileWaiting": cpu_idle,
+        "answers": answers.load(Ordering::SeqCst),
+        "oneAtATime": one_at_a_time,
+        "atRate": at_rate,
+    });
+    println!("{out}");
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// One child: long-poll, note each event's arrival, ask again.
+async fn child(
+    i: usize,
+    addr: &str,
+    mut cursor: u64,
+    pushes: Arc<Pushes>,
+    waiting: Arc<AtomicUsize>,
+    answers: Arc<AtomicU64>,
+    seen: Seen,
+) -> anyhow::Result<()> {
+    let mut conn = Conn::connect(addr).await?;
+    let mut first = true;
+    loop {
+        let path = format!("{FEED}?since={cursor}&wait=30");
+        conn.send("GET", &path, None).await?;
+        if first {
+            waiting.fetch_add(1, Ordering::SeqCst);
+            first = false;
+        }
+        let (status, body) = conn.read().await?;
+        anyhow::ensure!(status == 200, "child {i}: feed answered {status}");
+        answers.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let page: Value = serde_json::from_slice(&body)?;
+        let mut mine = Vec::new();
+        for event in page["events"].as_array().into_iter().flatten() {
+            if let Some(n) = event["tag"]
+                .as_str()
+                .and_then(|t| t.strip_prefix('p'))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                mine.push((n, now));
+            }
+        }
+        if !mine.is_empty() {
+            let mut counts = pushes.seen.lock().unwrap();
+            for (n, _) in &mine {
+                if counts.len() <= *n {
+                    counts.resize(n + 1, 0);
+                }
+                counts[*n] += 1;
+            }
+            drop(counts);
+            seen.lock().unwrap().extend(mine);
+        }
+        cursor = page["next"].as_u64().unwrap_or(cursor).max(cursor);
+    }
+}
+
+/// Activate child `i`, then report its status every `every`, first after `offset`.
+async fn report_status(i: usize, addr: &str, every: Duration, offset: Duration) {
+    let name = format!("child{i:05}");
+    let activate =
+        json!({"instanceId": format!("load-{i}"), "mode": "ReadOnly", "version": "load"});
+    let status = json!({
+        "name": name, "version": "load", "mode": "ReadOnly",
+        "activation": {"status": "Active"}, "connectionState": "Online",
+        "sync": {"state": "Succeeded", "trigger": "Schedule"},
+    });
+    let one_shot = |method: &'static str, path: String, body: Value| {
+        let addr = addr.to_owned();
+        async move {
+            let mut conn = Conn::connect(&addr).await?;
+            conn.send(method, &path, Some(body.to_string().as_bytes()))
+                .await?;
+            let (status, _) = conn.read().await?;
+            anyhow::ensure!(status < 300, "{method} {path}: {status}");
+            anyhow::Ok(())
+        }
+    };
+    let base = format!("/acr/connected-registry/v1/registries/{name}");
+    if let Err(e) = one_shot("POST", format!("{base}/activate"), activate).await {
+        eprintln!("{name}: activation failed: {e:#}");
+        return;
+    }
+    tokio::time::sleep(offset).await;
+    loop {
+        if let Err(e) = one_shot("PUT", format!("{base}/status"), status.clone()).await {
+            eprintln!("{name}: status report failed: {e:#}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The newest sequence number of the root's feed.
+async fn latest_seq(http: &mut Conn) -> anyhow::Result<u64> {
+    let mut cursor = 0;
+    loop {
+        http.send("GET", &format!("{FEED}?since={cursor}&wait=0"), None)
+            .await?;
+        let (status, body) = http.read().await?;
+        anyhow::ensure!(status == 200, "feed probe answered {status}");
+        let page: Value = serde_json::from_slice(&body)?;
+        let next = page["next"].as_u64().unwrap_or(cursor);
+        if next == cursor {
+            return Ok(cursor);
+        }
+        cursor = next;
+    }
+}
+
+const CONFIG: &[u8] = b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}";
+
+fn config_digest() -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(CONFIG)))
+}
+
+async fn push_config(http: &mut Conn) -> anyhow::Result<()> {
+    let path = format!("/v2/{REPO}/blobs/uploads/?digest={}", config_digest());
+    http.send("POST", &path, Some(CONFIG)).await?;
+    let (status, _) = http.read().await?;
+    anyhow::ensure!(status == 201, "config blob push answered {status}");
+    Ok(())
+}
+
+/// Push manifest number `n` as tag `p<n>`.
+async fn push(http: &mut Conn, pushes: &Pushes, n: usize) -> anyhow::Result<()> {
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest(), "size": CONFIG.len()},
+        "layers": [],
+        "annotations": {"n": n.to_string()},
+    })
+    .to_string();
+    {
+        let mut started = pushes.started.lock().unwrap();
+        assert_eq!(started.len(), n);
+        started.push(Instant::now());
+    }
+    http.send_typed(
+        "PUT",
+        &format!("/v2/{REPO}/manifests/p{n}"),
+        manifest.as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await?;
+    let (status, body) = http.read().await?;
+    anyhow::ensure!(
+        status == 201,
+        "manifest push answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(())
+}
+
+async fn wait_all(
+    pushes: &Pushes,
+    n: usize,
+    children: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = pushes.seen.lock().unwrap().get(n).copied().unwrap_or(0);
+        if have >= children {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "push {n}: only {have} of {children} children had it after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn latency_report(
+    pushes: &Pushes,
+    seen: &Seen,
+    range: std::ops::Range<usize>,
+    children: usize,
+) -> Value {
+    let started = pushes.started.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    let mut each = Vec::new();
+    let mut last = vec![Duration::ZERO; started.len()];
+    for (n, at) in seen.iter().filter(|(n, _)| range.contains(n)) {
+        let d = at.saturating_duration_since(started[*n]);
+        each.push(d);
+        last[*n] = last[*n].max(d);
+    }
+    let mut all: Vec<Duration> = last[range.clone()].to_vec();
+    each.sort();
+    all.sort();
+    let ms = |v: &[Duration], q: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1000.0
+    };
+    json!({
+        "pushes": range.len(),
+        "deliveries": each.len(),
+        "expectedDeliveries": range.len() * children,
+        "toOneChildMs": {"p50": ms(&each, 0.5), "p99": ms(&each, 0.99), "max": ms(&each, 1.0)},
+        "toAllChildrenMs": {"p50": ms(&all, 0.5), "p99": ms(&all, 0.99), "max": ms(&all, 1.0)},
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    (ticks(11) + ticks(12)) / 100.0
+}

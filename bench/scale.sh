@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# bench/scale.sh — one root, many children long-polling its change feed at once (issue 11, part 2)
+#
+# HOW TO RUN (results: BENCHMARKS.md, "A root with many children")
+#   ./bench/scale.sh                       # cargo build --release (binary + feed-load), then measure
+#   SKIP_BUILD=1 ./bench/scale.sh
+#   CHILDREN="1000 10000" RATE=100 ./bench/scale.sh
+#   BENCH_OUT=scale.json ./bench/scale.sh  # also write every run's JSON
+#
+# For each count in CHILDREN (default: 1250 2500 5000 10000, then 1000 — the doubling series is
+# the cost table) a fresh root starts (`serve` on loopback, anonymous, a temp data dir) and
+# bench/feed_load.rs (the `feed-load` example) opens that many long-polls of
+# /acr/connected-registry/v1/changes on as many connections. It reports the root's RSS before
+# and while they all wait, its CPU over IDLE_SECONDS of waiting, then the time from the start of
+# a push to each child / to all children having its event, for PUSHES pushes made one at a time
+# and for RATE pushes per second over RATE_SECONDS. With STATUS=1 the largest count runs once
+# more with every child also activated and reporting its status every 30 s.
+#
+# The open-files limit is raised to the hard limit (root and client both need one descriptor per
+# child). Needs: cargo (unless SKIP_BUILD=1), python3. Run on an idle machine, never in CI.
+
+set -euo pipefail
+
+CHILDREN=${CHILDREN:-1250 2500 5000 10000 1000}
+PUSHES=${PUSHES:-20}
+RATE=${RATE:-100}
+RATE_SECONDS=${RATE_SECONDS:-10}
+IDLE_SECONDS=${IDLE_SECONDS:-10}
+STATUS=${STATUS:-1}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+OURS_BIN=${OURS_BIN:-$TARGET/release/connected-registry}
+LOAD_BIN=${LOAD_BIN:-$TARGET/release/examples/feed-load}
+
+log() { echo "scale: $*" >&2; }
+die() { echo "scale: error: $*" >&2; exit 1; }
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    (cd "$REPO_ROOT" && cargo build --release --bin connected-registry --example feed-load) >&2
+fi
+[[ -x $OURS_BIN && -x $LOAD_BIN ]] || die "missing $OURS_BIN or $LOAD_BIN (build, or unset SKIP_BUILD)"
+ulimit -n "$(ulimit -Hn)"
+log "open-files limit $(ulimit -n)"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/scale.XXXXXX")
+ROOT_PID=
+cleanup() {
+    [[ -n $ROOT_PID ]] && kill "$ROOT_PID" 2>/dev/null && wait "$ROOT_PID" 2>/dev/null
+    [[ -n ${KEEP_TMP:-} ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# run_one NAME CHILDREN [extra feed-load args...]: a fresh root, one feed-load run, JSON to $WORK/NAME.json
+run_one() {
+    local name=$1 children=$2
+    shift 2
+    local port
+    port=$(free_port)
+    rm -rf "$WORK/data"
+    "$OURS_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" >"$WORK/$name.log" 2>&1 &
+    ROOT_PID=$!
+    for _ in $(seq 100); do
+        curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    log "$name: $children children"
+    "$LOAD_BIN" --addr "127.0.0.1:$port" --children "$children" --pid "$ROOT_PID" \
+        --pushes "$PUSHES" --idle-seconds "$IDLE_SECONDS" "$@" >"$WORK/$name.json" 2>"$WORK/$name.err" ||
+        { cat "$WORK/$name.err" >&2; die "feed-load failed for $name"; }
+    kill "$ROOT_PID"
+    wait "$ROOT_PID" 2>/dev/null || true
+    ROOT_PID=
+}
+
+echo "machine: $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+echo "ours:    $("$OURS_BIN" --version 2>/dev/null || echo "$OURS_BIN")"
+NAMES=()
+for n in $CHILDREN; do
+    run_one "feed-$n" "$n" --rate "$RATE" --rate-seconds "$RATE_SECONDS"
+    NAMES+=("feed-$n")
+done
+if [[ $STATUS == 1 ]]; then
+    largest=$(printf '%s\n' $CHILDREN | sort -n | tail -1)
+    run_one "status-$largest" "$largest" --rate "$RATE" --rate-seconds "$RATE_SECONDS" --status-every 30
+    NAMES+=("status-$largest")
+fi
+
+python3 - "$WORK" "${BENCH_OUT:-}" "${NAMES[@]}" <<'PY'
+import json, sys
+work, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+runs = {n: json.load(open(f"{work}/{n}.json")) for n in names}
+hdr = (f"{'run':<14} {'children':>8} {'RSS before':>10} {'RSS wait':>9} {'B/poll':>7} {'CPU idle':>8}"
+       f" {'1-at-a-time all p50/p99 ms':>27} {'@rate all p50/p99 ms':>21} {'rate/s':>7}")
+print("=== root with many children ===")
+print(hdr)
+print("-" * len(hdr))
+for n, r in runs.items():
+    one, rate = r["oneAtATime"], r.get("atRate") or {}
+    all1, allr = one["toAllChildrenMs"], (rate.get("toAllChildrenMs") or {})
+    fmt = lambda d: f"{d.get('p50', float('nan')):.1f} / {d.get('p99', float('nan')):.1f}" if d else "-"
+    print(f"{n:<14} {r['children']:>8} {r['rootRssKiBBefore']/1024:>8.1f}Mi {r['rootRssKiBWaiting']/1024:>7.1f}Mi"
+          f" {r['rootRssBytesPerLongPoll']:>7.0f} {r['rootCpuWhileWaiting']*100:>7.2f}%"
+          f" {fmt(all1):>27} {fmt(allr):>21} {rate.get('pushesPerSecondAchieved', 0):>7.1f}")
+    for part in (one, rate):
+        if part and part["deliveries"] != part["expectedDeliveries"]:
+            print(f"  !! {n}: {part['deliveries']} of {part['expectedDeliveries']} deliveries")
+print()
+print("targets: <= 8 KiB RSS per waiting long-poll, ~0 CPU while waiting, p99 to all children < 500 ms at 10,000")
+if out:
+    json.dump(runs, open(out, "w"), indent=2)
+    print(f"wrote {out}")
+PY
