@@ -143,8 +143,19 @@ async fn seed_repo(conn: &mut Conn, i: usize, tags: usize, untagged: usize) -> a
     let config = config(i);
     let path = format!("/v2/{repo}/blobs/uploads/?digest={}", sha256(&config));
     conn.send("POST", &path, Some(&config)).await?;
-    let (status, _) = conn.read().await?;
-    anyhow::ensure!(status == 201, "config of {repo}: {status}");
+    let (status, _, location) = conn.read_with_location().await?;
+    if status == 202 {
+        // No single-POST upload (distribution): PUT the bytes to the session.
+        let location = location.ok_or_else(|| anyhow::anyhow!("202 without Location"))?;
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={}", sha256(&config));
+        conn.send_typed("PUT", &put, &config, "application/octet-stream")
+            .await?;
+        let (status, _) = conn.read().await?;
+        anyhow::ensure!(status == 201, "config of {repo} (PUT): {status}");
+    } else {
+        anyhow::ensure!(status == 201, "config of {repo}: {status}");
+    }
     for n in 0..tags + untagged {
         let body = manifest(i, n, &config);
         let reference = if n < tags {

@@ -236,11 +236,17 @@ async fn report_status(i: usize, addr: &str, every: Duration, offset: Duration) 
     let name = format!("child{i:05}");
     let activate =
         json!({"instanceId": format!("load-{i}"), "mode": "ReadOnly", "version": "load"});
-    let status = json!({
-        "name": name, "version": "load", "mode": "ReadOnly",
-        "activation": {"status": "Active"}, "connectionState": "Online",
-        "sync": {"state": "Succeeded", "trigger": "Schedule"},
-    });
+    // A real status document: the root's own, under this child's name.
+    let status = match own_status(addr).await {
+        Ok(mut status) => {
+            status["name"] = json!(name);
+            status
+        }
+        Err(e) => {
+            eprintln!("{name}: reading the root's status failed: {e:#}");
+            return;
+        }
+    };
     let one_shot = |method: &'static str, path: String, body: Value| {
         let addr = addr.to_owned();
         async move {
@@ -264,6 +270,16 @@ async fn report_status(i: usize, addr: &str, every: Duration, offset: Duration) 
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `GET /acr/connected-registry/v1/status` of the root.
+async fn own_status(addr: &str) -> anyhow::Result<Value> {
+    let mut conn = Conn::connect(addr).await?;
+    conn.send("GET", "/acr/connected-registry/v1/status", None)
+        .await?;
+    let (status, body) = conn.read().await?;
+    anyhow::ensure!(status == 200, "status answered {status}");
+    Ok(serde_json::from_slice(&body)?)
 }
 
 /// The newest sequence number of the root's feed.

@@ -72,6 +72,12 @@ impl Conn {
     }
 
     pub async fn read(&mut self) -> anyhow::Result<(u16, Vec<u8>)> {
+        let (status, body, _) = self.read_with_location().await?;
+        Ok((status, body))
+    }
+
+    /// [`Conn::read`], also returning the `Location` header (a path, the origin dropped).
+    pub async fn read_with_location(&mut self) -> anyhow::Result<(u16, Vec<u8>, Option<String>)> {
         let mut line = String::new();
         anyhow::ensure!(
             self.stream.read_line(&mut line).await? > 0,
@@ -84,6 +90,7 @@ impl Conn {
             .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
         let mut length = None;
         let mut chunked = false;
+        let mut location = None;
         loop {
             line.clear();
             self.stream.read_line(&mut line).await?;
@@ -97,6 +104,12 @@ impl Conn {
                     length = v.parse::<usize>().ok();
                 } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
                     chunked = true;
+                } else if k == "location" {
+                    let path = match v.find("://") {
+                        Some(i) => v[i + 3..].find('/').map_or("/", |j| &v[i + 3 + j..]),
+                        None => v,
+                    };
+                    location = Some(path.to_owned());
                 }
             }
         }
@@ -117,6 +130,6 @@ impl Conn {
             body.resize(n, 0);
             self.stream.read_exact(&mut body).await?;
         }
-        Ok((status, body))
+        Ok((status, body, location))
     }
 }

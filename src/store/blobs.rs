@@ -135,13 +135,14 @@ impl BlobFiles {
         let mut file = File::open(&path).context(|| format!("opening {path:?}"))?;
         file.seek(io::SeekFrom::Start(start))
             .context(|| format!("seeking in {path:?}"))?;
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(2);
+        let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
+        // Held by the body stream: dropped once the client has taken the last chunk.
+        let large = (len >= TRIM_AFTER_STREAM).then(LargeStream::start);
         tokio::task::spawn_blocking(move || {
-            let mut buffers = ReadBuffers::default();
             let mut remaining = len;
             while remaining > 0 {
                 let want = remaining.min(IO_CHUNK as u64) as usize;
-                let mut buf = buffers.take();
+                let mut buf = BytesMut::with_capacity(want);
                 let chunk = match read_spare(&file, &mut buf, want) {
                     Ok(0) => Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -149,47 +150,57 @@ impl BlobFiles {
                     )),
                     Ok(n) => {
                         remaining -= n as u64;
-                        Ok(buf.split().freeze())
+                        Ok(buf.freeze())
                     }
                     Err(e) => Err(e),
                 };
-                buffers.give_back(buf);
                 let failed = chunk.is_err();
                 if tx.blocking_send(chunk).is_err() || failed {
                     return;
                 }
             }
         });
-        Ok(tokio_stream(rx))
+        Ok(futures_util::stream::poll_fn(move |cx| {
+            let _large = &large;
+            rx.poll_recv(cx)
+        }))
     }
 }
 
-/// The read buffers of one blob stream: each chunk sent is a frozen view of one of them, and a
-/// buffer is filled again once the network side has dropped its chunk. A stream allocates a
-/// handful of buffers however long the blob is, instead of one per chunk (which churned the
-/// allocator and left its arenas holding tens of MiB after a burst of pulls).
-#[derive(Default)]
-struct ReadBuffers {
-    idle: Vec<BytesMut>,
+/// A blob stream at least this long hands the allocator's free memory back to the system once
+/// it and every other such stream have ended.
+const TRIM_AFTER_STREAM: u64 = 16 * 1024 * 1024;
+
+/// Large blob streams running now.
+static LARGE_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One large blob stream. Its 1 MiB chunks come and go through the allocator, which keeps the
+/// freed ones in its arenas: after a burst of pulls the process held 30–50 MiB it no longer
+/// used. When the last large stream ends, that memory goes back to the system (`malloc_trim`),
+/// so an idle node is small again; while streams run nothing is trimmed (no cost to them).
+struct LargeStream;
+
+impl LargeStream {
+    fn start() -> LargeStream {
+        LARGE_STREAMS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LargeStream
+    }
 }
 
-/// Chunks in flight per stream: the channel's two, the one hyper writes, the one being read.
-const READ_BUFFERS: usize = 4;
-
-impl ReadBuffers {
-    /// An empty buffer with room for a whole chunk: one whose chunk was dropped, or a new one.
-    fn take(&mut self) -> BytesMut {
-        match self.idle.iter_mut().position(|b| b.try_reclaim(IO_CHUNK)) {
-            Some(i) => self.idle.swap_remove(i),
-            None => BytesMut::with_capacity(IO_CHUNK),
+impl Drop for LargeStream {
+    fn drop(&mut self) {
+        if LARGE_STREAMS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            release_free_memory();
         }
     }
+}
 
-    /// Keep `buf` (its chunk is still out) to fill again later.
-    fn give_back(&mut self, buf: BytesMut) {
-        if self.idle.len() < READ_BUFFERS {
-            self.idle.push(buf);
-        }
+/// Return the allocator's free memory to the system (glibc; elsewhere nothing to do).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -213,12 +224,6 @@ fn read_spare(file: &File, buf: &mut BytesMut, want: usize) -> io::Result<usize>
             return Err(e);
         }
     }
-}
-
-fn tokio_stream<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {
