@@ -276,8 +276,7 @@ async fn unpaced_pass(
             .map_err(SyncError::from)?;
     }
     state.repair.after_pass(succeeded);
-    let progress = &summary.progress;
-    Ok(progress.manifests.total > 0 || progress.blobs.total > 0)
+    Ok(super::engine::fetched_anything(&summary.progress))
 }
 
 /// Reconcile, then keep up with the parent until an error (or, when polling, until it is time

@@ -169,7 +169,7 @@ impl SyncEngine {
         }
         let failures = result?;
         // A pass that found nothing to fetch is routine: every few seconds on an idle child.
-        let changed = progress.manifests.total > 0 || progress.blobs.total > 0;
+        let changed = fetched_anything(&progress);
         macro_rules! pass_finished {
             ($level:ident) => {
                 tracing::$level!(
@@ -467,6 +467,11 @@ impl SyncEngine {
     fn progress(&self, f: impl FnOnce(&mut Progress)) {
         self.status.update(|s| f(&mut s.sync.progress));
     }
+}
+
+/// Whether a pass found something to fetch (a pass that did not is routine on an idle child).
+pub fn fetched_anything(progress: &Progress) -> bool {
+    progress.manifests.total > 0 || progress.blobs.total > 0
 }
 
 /// A tag the parent lists but whose manifest answers 404: inconsistent, so nothing is removed
