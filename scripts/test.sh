@@ -30,5 +30,8 @@ cargo clippy --all-targets --release -- -D warnings
 cargo build --release --tests --bins
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
 AMD64_BINARY=target/release/connected-registry ./scripts/build-images.sh all
+# The field scenarios (tests/scenarios/) write their table here; CI's log shows it either way.
+rm -f target/scenarios-report.md
+trap 'if [ -f target/scenarios-report.md ]; then cat target/scenarios-report.md; fi' EXIT
 cargo test --release --no-fail-fast -- --test-threads=2
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh

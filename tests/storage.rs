@@ -62,11 +62,18 @@ fn synced_tags_are_evicted_least_recently_pulled_first_and_come_back_when_they_f
         child.log_text()
     );
     peers::assert_serves(&c, "r3", "v1", &images[2], None);
+    assert_eq!(
+        serves_tag(&c, "r1", "v1"),
+        200,
+        "r1, pulled more recently than r2, was kept; log:\n{}",
+        child.log_text()
+    );
     peers::assert_serves(&c, "r1", "v1", &images[0], None);
     assert_eq!(
         serves_tag(&c, "r2", "v1"),
         404,
-        "r2, pulled least recently, was evicted"
+        "r2, pulled least recently, was evicted; log:\n{}",
+        child.log_text()
     );
     for blob in images[1].all_blobs().keys() {
         assert_eq!(head(&c, &format!("/v2/r2/blobs/{blob}")).status, 404);

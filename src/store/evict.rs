@@ -8,12 +8,17 @@
 //! at most once a second, so
 //! pulls stay reads.
 //!
+//! Room is promised, not just checked: [`Store::make_room`] returns a [`Room`] that counts its
+//! bytes against the limits until the write is accounted (or given up), and one writer at a
+//! time decides what to evict, so downloads and pushes running at once cannot together
+//! overshoot `maxSize`, nor slip an evicted tag back in while another tag takes its place.
+//!
 //! Eviction removes the tag like sync's pruning does (with its change event), then the
 //! manifests and blob links only that tag kept, then the blob files no repository links any
 //! more, under the exclusive side of the claim lock like garbage collection.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::counters::Counters;
@@ -28,6 +33,30 @@ pub(super) const PUSHED_HERE: u8 = 0;
 pub(super) const SYNCED: u8 = 1;
 /// Origin byte of a tag from before origins were recorded (data format 1).
 pub(super) const ORIGIN_UNKNOWN: u8 = 2;
+
+/// Bytes promised to writes in flight, and the lock under which room is decided.
+#[derive(Default)]
+pub(super) struct Promised {
+    bytes: AtomicU64,
+    deciding: tokio::sync::Mutex<()>,
+}
+
+/// Room made for a write: its bytes count against the limits until this is dropped, which the
+/// writer does once the bytes are accounted as used (or the write failed).
+#[must_use = "the room is given back when this is dropped"]
+pub struct Room<'a> {
+    store: &'a Store,
+    bytes: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        self.store
+            .promised
+            .bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// A pull moves a tag's last-use time only when it is older than this.
 const PULL_RESOLUTION_SECS: u64 = 1;
@@ -104,7 +133,9 @@ impl Store {
             .storage_limits
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let used = self.used_bytes();
+        let used = self
+            .used_bytes()
+            .saturating_add(self.promised.bytes.load(Ordering::Relaxed));
         if let Some(max) = limits.max_size {
             if used.saturating_add(bytes) > max {
                 let missing = used.saturating_add(bytes) - max;
@@ -120,8 +151,12 @@ impl Store {
             }
         }
         if let Ok(free) = super::usage::available_bytes(&self.root) {
-            if free < bytes.saturating_add(limits.min_free) {
-                let missing = bytes.saturating_add(limits.min_free) - free;
+            let promised = self.promised.bytes.load(Ordering::Relaxed);
+            let needed = bytes
+                .saturating_add(promised)
+                .saturating_add(limits.min_free);
+            if free < needed {
+                let missing = needed - free;
                 return Some((missing, format!(
                     "storing {} more would leave less than storage.minFree ({}) free on the data volume ({} free)",
                     crate::store::usage::human_bytes(bytes),
@@ -162,9 +197,11 @@ impl Store {
         Ok(total)
     }
 
-    /// Make room for `bytes` more, evicting least recently pulled synced tags as needed. Fails
-    /// with `INSUFFICIENT_STORAGE` (507) saying which limit holds when nothing more can go.
-    pub async fn make_room(&self, bytes: u64) -> Result<()> {
+    /// Make room for `bytes` more, evicting least recently pulled synced tags as needed, and
+    /// promise it to the caller until the returned [`Room`] is dropped. Fails with
+    /// `INSUFFICIENT_STORAGE` (507) saying which limit holds when nothing more can go.
+    pub async fn make_room(&self, bytes: u64) -> Result<Room<'_>> {
+        let _deciding = self.promised.deciding.lock().await;
         // Evicting is no use when even every synced tag would not make room: keep serving them.
         if let Some((missing, why)) = self.shortfall(bytes) {
             let could_free = self.evictable_bytes()?;
@@ -197,10 +234,12 @@ impl Store {
             evicted += 1;
             tracing::info!(repository = %repo, %tag, freed_bytes = freed, "evicted a synced tag to stay within the storage limits");
         }
+        self.promised.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let room = Room { store: self, bytes };
         if evicted > 0 {
             self.flush().await?;
         }
-        Ok(())
+        Ok(room)
     }
 
     /// The synced tag pulled least recently that may be evicted.
@@ -349,7 +388,15 @@ impl Store {
 
     /// `Err(INSUFFICIENT_STORAGE)` when `tag` was evicted while pointing at `digest` and would
     /// still not fit; the record is dropped once it would (or the tag moved at the parent).
-    pub fn check_evicted(&self, repo: &RepositoryName, tag: &str, digest: &Digest) -> Result<()> {
+    pub async fn check_evicted(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<()> {
+        // Decided like room is made, so an eviction half-way (bytes freed, room not yet
+        // promised to the write that evicted) is never mistaken for space.
+        let _deciding = self.promised.deciding.lock().await;
         let key = key2(repo.as_str(), tag);
         let Some(value) = self.trees.evicted.get(&key)? else {
             return Ok(());
@@ -377,5 +424,31 @@ impl Store {
                 Some(u.saturating_sub(bytes))
             });
         Counters::add(&self.counters.freed_bytes, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn room_promised_to_one_write_is_not_given_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_storage_limits(StorageLimits {
+            max_size: Some(1000),
+            min_free: 0,
+        });
+        let first = store.make_room(600).await.unwrap();
+        let refused = store.make_room(600).await.map(|_| ()).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InsufficientStorage);
+        assert!(refused.to_string().contains("storage.maxSize"), "{refused}");
+        drop(first);
+        // Given back (the write failed, or its bytes are now accounted as used).
+        let second = store.make_room(600).await.unwrap();
+        store.account(600);
+        drop(second);
+        assert!(store.make_room(600).await.is_err());
+        assert!(store.make_room(400).await.is_ok());
     }
 }

@@ -89,6 +89,8 @@ pub struct Store {
     has_parent: AtomicBool,
     /// Bytes the blob files take (see [`usage`]).
     used: AtomicU64,
+    /// Room promised to writes not yet accounted in `used` (see [`evict`]).
+    promised: evict::Promised,
     /// Garbage collection's grace period, which eviction respects too (milliseconds).
     grace_ms: AtomicU64,
 }
@@ -137,6 +139,7 @@ impl Store {
             storage_limits: std::sync::RwLock::new(Default::default()),
             has_parent: AtomicBool::new(false),
             used: AtomicU64::new(0),
+            promised: evict::Promised::default(),
             grace_ms: AtomicU64::new(3_600_000),
         };
         store.migrate(found_format)?;
@@ -305,7 +308,7 @@ impl Store {
             let actual = appended.hasher.expect("hasher given").finish();
             verify_digest(digest, &actual)?;
             drop(appended.file);
-            self.make_room(appended.written).await?;
+            let _room = self.make_room(appended.written).await?;
             {
                 let _claim = self.claims.read().await;
                 if self.files.commit(&tmp_path, digest)? {

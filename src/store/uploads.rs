@@ -246,7 +246,7 @@ impl Store {
             return Err(e);
         }
         // Kept whole when it does not fit: the client may finish it once there is room.
-        self.make_room(size).await?;
+        let _room = self.make_room(size).await?;
         let files = self.files.clone();
         let (src, d) = (path.clone(), digest.clone());
         let t = &self.trees;

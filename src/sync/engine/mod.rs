@@ -376,7 +376,7 @@ impl SyncEngine {
             return self.sync_referrers(repo, &remote).await;
         }
         // A tag evicted for room is not fetched again while it still would not fit.
-        self.store.check_evicted(repo, tag, &remote)?;
+        self.store.check_evicted(repo, tag, &remote).await?;
         self.progress(|p| p.manifests.total += 1);
         let (media_type, bytes) = self
             .fetch_tree(repo, remote.clone(), None, true, prefetched)

@@ -293,7 +293,10 @@ impl SyncEngine {
         // Room for what is left to download, evicting least recently pulled synced tags if
         // needed; when nothing more can go, the tag fails with DiskError and the pass goes on.
         let partial = self.store.partial_path(digest);
-        self.store
+        // The room stays promised until the blob is imported, so downloads and pushes running
+        // at once cannot together overshoot the limits.
+        let _room = self
+            .store
             .make_room(size.saturating_sub(partial_len(&partial)))
             .await?;
         let mut left = BLOB_ATTEMPTS;
