@@ -85,7 +85,7 @@ pub(super) async fn activate(
             "instanceId must be 1 to 128 characters",
         ));
     }
-    if api.mode == Mode::ReadOnly && body.mode == Mode::ReadWrite {
+    if api.current_mode() == Mode::ReadOnly && body.mode == Mode::ReadWrite {
         return Err(Error::new(
             ErrorCode::ModeIncompatible,
             format!("{name} is ReadWrite but this parent is ReadOnly: a ReadOnly parent accepts only ReadOnly children"),

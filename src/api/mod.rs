@@ -47,8 +47,9 @@ pub struct Api {
     status: StatusHandle,
     /// Set when the server starts stopping; change-feed long-polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
-    /// `ReadOnly`: clients may pull but not push or delete.
-    mode: Mode,
+    /// `ReadOnly`: clients may pull but not push or delete. Applied live: a module's first
+    /// twin configuration sets it after the server started.
+    read_only: std::sync::atomic::AtomicBool,
     auth: Arc<Authenticator>,
     realm: Realm,
     children: children::ChildReports,
@@ -86,7 +87,7 @@ impl Api {
             store,
             status,
             stopping: tokio::sync::watch::Sender::new(false),
-            mode: Mode::ReadWrite,
+            read_only: std::sync::atomic::AtomicBool::new(false),
             auth: Arc::new(Authenticator::new(&Config::default(), true)),
             realm: Realm {
                 service: "connected-registry".to_owned(),
@@ -120,9 +121,24 @@ impl Api {
     }
 
     /// `ReadOnly` refuses pushes and deletes.
-    pub fn mode(mut self, mode: Mode) -> Api {
-        self.mode = mode;
+    pub fn mode(self, mode: Mode) -> Api {
+        self.set_mode(mode);
         self
+    }
+
+    /// Change the mode of a running node (a new configuration).
+    pub fn set_mode(&self, mode: Mode) {
+        self.read_only
+            .store(mode == Mode::ReadOnly, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The mode requests are answered in now.
+    pub fn current_mode(&self) -> Mode {
+        if self.read_only.load(std::sync::atomic::Ordering::Relaxed) {
+            Mode::ReadOnly
+        } else {
+            Mode::ReadWrite
+        }
     }
 
     /// Answer one request. Never fails: errors become OCI error responses.
@@ -193,7 +209,7 @@ impl Api {
         }
         let route = Route::parse(&path);
         access::check(&identity, &access::Need::of(&route, &method))?;
-        if self.mode == Mode::ReadOnly && route.name().is_some() && !is_read(&method) {
+        if self.current_mode() == Mode::ReadOnly && route.name().is_some() && !is_read(&method) {
             return Err(Error::new(
                 ErrorCode::Denied,
                 "this node is in ReadOnly mode: pushes and deletes are refused (push to its parent instead)",

@@ -235,6 +235,24 @@ pub struct LoggingConfig {
     pub level: String,
 }
 
+/// Read a configuration, naming the field a value of the wrong kind sits in
+/// (`` `parent.sync.concurrency`: invalid type: string, expected usize ``), never the value.
+pub fn deserialize_naming_the_field<'de, D>(de: D) -> Result<Config, String>
+where
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let what = without_values(&e.inner().to_string());
+        if path == "." {
+            what
+        } else {
+            format!("`{path}`: {what}")
+        }
+    })
+}
+
 /// serde's messages quote a value of the wrong type or shape (`invalid type: string
 /// "…", expected …`, `integer `…``): only its kind is kept, the value may be a secret.
 pub fn without_values(message: &str) -> String {
@@ -292,11 +310,13 @@ impl Config {
         let config: Config = if is_json {
             // serde_json's message (`… at line L column C`) never quotes the input, only (see
             // above) a value of the wrong kind.
-            serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                format: "JSON",
-                message: without_values(&e.to_string()),
-            })?
+            deserialize_naming_the_field(&mut serde_json::Deserializer::from_str(&text)).map_err(
+                |message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    format: "JSON",
+                    message,
+                },
+            )?
         } else {
             // toml's `Display` quotes the offending line: build the message from its parts.
             toml::from_str(&text).map_err(|e| {
@@ -498,5 +518,21 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("`name`"));
         let c: Config = toml::from_str("listen = \"0.0.0.0:8080\"\nname = \"factorya\"").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_refused_naming_its_field_not_its_value() {
+        let twin = serde_json::json!({"parent": {"endpoint": "http://p:1",
+            "sync": {"concurrency": "secret-ish"}}});
+        let e = deserialize_naming_the_field(twin).unwrap_err();
+        assert!(
+            e.starts_with("`parent.sync.concurrency`: invalid type: string"),
+            "{e}"
+        );
+        assert!(!e.contains("secret-ish"), "{e}");
+        let text = r#"{"storage": {"maxSize": 5}}"#;
+        let e = deserialize_naming_the_field(&mut serde_json::Deserializer::from_str(text))
+            .unwrap_err();
+        assert!(e.starts_with("`storage.maxSize`:"), "{e}");
     }
 }

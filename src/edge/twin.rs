@@ -78,12 +78,8 @@ impl Desired {
                  mounted into the module, or use fewer, broader repository patterns"
             ));
         }
-        let config: Config = serde_json::from_value(value.clone()).map_err(|e| {
-            format!(
-                "the desired properties are not a valid configuration: {}",
-                crate::config::without_values(&e.to_string())
-            )
-        })?;
+        let config = crate::config::deserialize_naming_the_field(value.clone())
+            .map_err(|e| format!("the desired properties are not a valid configuration: {e}"))?;
         Ok(Some((config, value)))
     }
 }

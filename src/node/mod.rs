@@ -215,13 +215,18 @@ impl Node {
                 format!("{fields} changed; the change applies when the node restarts"),
             );
         }
-        if old.parent != new.parent || old.name != new.name {
+        // The mode applies at once: a module's first twin configuration sets it.
+        let mode = new.effective_mode();
+        self.api.set_mode(mode);
+        self.store
+            .set_upstream(new.parent.is_some() && mode == Mode::ReadWrite);
+        // A new mode is activated anew at the parent, so the sync restarts with it.
+        if old.parent != new.parent || old.name != new.name || old.effective_mode() != mode {
             if let Some(task) = running.sync.take() {
                 stop_sync(task).await;
             }
-            self.store
-                .set_upstream(new.parent.is_some() && new.effective_mode() == Mode::ReadWrite);
             self.status().update(|s| {
+                s.mode = mode.as_str().to_owned();
                 s.name = new.name.clone().unwrap_or_else(|| "root".to_owned());
                 s.parent = new.parent.as_ref().map(|p| crate::status::ParentStatus {
                     endpoint: p.endpoint.clone(),
@@ -334,9 +339,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.tls != new.tls {
         changed.push("tls");
-    }
-    if old.effective_mode() != new.effective_mode() {
-        changed.push("mode");
     }
     if old.login_server != new.login_server {
         changed.push("loginServer");

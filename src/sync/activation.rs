@@ -121,11 +121,16 @@ pub async fn activate(
 pub fn spawn_reporter(
     engine: Arc<SyncEngine>,
     name: String,
+    schedule: super::schedule::Schedule,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = engine.status().subscribe();
         loop {
+            // Reports wait for the sync window like everything else sent to the parent.
+            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown).await {
+                break;
+            }
             let reported = tokio::time::Instant::now();
             let snapshot = changes.borrow_and_update().clone();
             match engine.client().report_status(&name, &snapshot).await {

@@ -105,6 +105,35 @@ pub async fn run(
     }
 }
 
+/// Wait until `schedule`'s window is open (at once when it is), saying in the status when it
+/// opens: a node with a sync window says nothing to its parent outside it, not even to activate
+/// or report its status. `false` when the node shuts down first.
+pub async fn wait_for_window(
+    engine: &SyncEngine,
+    schedule: &Schedule,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        if *shutdown.borrow() {
+            return false;
+        }
+        let WindowState::Closed { opens_at } = schedule.state_at(Utc::now()) else {
+            return true;
+        };
+        engine.status().update(|s| {
+            s.sync.next_window_start = Some(opens_at);
+            s.sync.state.get_or_insert_with(|| "Pending".into());
+        });
+        let wait = (opens_at - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = shutdown.changed() => if changed.is_err() {
+                return false;
+            },
+        }
+    }
+}
+
 /// A pass asked for by hand; it replaces whatever the session was doing (that restarts after
 /// it and picks up the feed where it was).
 async fn manual_pass(engine: &SyncEngine, state: &mut LoopState) {

@@ -130,6 +130,10 @@ pub fn spawn(
             super::upstream::report(&engine);
         }
         if let Some((name, mode)) = node {
+            // Outside its sync window a node says nothing to its parent, activation included.
+            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown).await {
+                return;
+            }
             match activation::activate(&engine, &name, mode.as_str(), &mut shutdown).await {
                 activation::Activated::Stopped => return,
                 activation::Activated::NotApplicable => {}
@@ -137,6 +141,7 @@ pub fn spawn(
                     reporter = Some(activation::spawn_reporter(
                         engine.clone(),
                         name,
+                        schedule.clone(),
                         shutdown.clone(),
                     ));
                 }

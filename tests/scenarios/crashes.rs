@@ -12,8 +12,9 @@ use crate::field::{Endpoint, Field, LowerOptions};
 use crate::report::Figures;
 use crate::steps::{expect_digest, pull_verified, push, push_big, small_image, CONVERGE};
 
-/// The big image's layer: `FIELD_BIG_MIB` (the 500 in `bench/`), 64 MiB by default.
-fn big_mib() -> u64 {
+/// The big images' layer (here and in the factory's throughput figure): `FIELD_BIG_MIB` (the
+/// issue's 500 in `bench/field.sh`), 64 MiB by default.
+pub fn big_mib() -> u64 {
     std::env::var("FIELD_BIG_MIB")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -68,6 +68,26 @@ pub fn connected_factory(f: &mut Figures) {
         format!("{:.3} s / {:.3} s", median.as_secs_f64(), max.as_secs_f64()),
     );
 
+    // Throughput across the layers: one big layer, unpaced.
+    let mib = crate::crashes::big_mib();
+    let (big, _) = crate::steps::push_big(root, "apps/bulk", "v1", 150, mib);
+    let pushed = Instant::now();
+    expect_digest(top, "apps/bulk", "v1", &big, CONVERGE * 3, logs);
+    let at_top = pushed.elapsed();
+    expect_digest(&lower, "apps/bulk", "v1", &big, CONVERGE * 3, logs);
+    let at_lower = pushed.elapsed() - at_top;
+    let rate = |took: std::time::Duration| mib as f64 / took.as_secs_f64();
+    f.note(
+        "one big layer root → top → lower",
+        format!(
+            "{mib} MiB: {:.2} s ({:.0} MiB/s), then {:.2} s ({:.0} MiB/s)",
+            at_top.as_secs_f64(),
+            rate(at_top),
+            at_lower.as_secs_f64(),
+            rate(at_lower)
+        ),
+    );
+
     // A runnable image pushed at the root: the Docker engine pulls it from the lower node.
     let work = tempfile::tempdir().unwrap();
     let digest = seed_busybox(work.path(), root, "apps/busybox", "v1");
@@ -91,6 +111,29 @@ pub fn connected_factory(f: &mut Figures) {
     expect_digest(root, "apps/fromtop", "v1", &image.digest, CONVERGE, logs);
     f.seconds("push at top → at root", pushed.elapsed());
     expect_digest(&lower, "apps/fromtop", "v1", &image.digest, CONVERGE, logs);
+    // The twin's mode holds from its first configuration: the ReadOnly lower node refuses a
+    // push (it would never reach the parent), with no restart asked for.
+    let refused = crate::common::credentials::push_image_as(
+        &field.lower.node.admin.base,
+        Some(&field.lower.node.admin.authorization()),
+        "apps/local",
+        "v1",
+        &small_image(901),
+    )
+    .expect_err("the ReadOnly lower node took a push");
+    assert_eq!(
+        crate::common::credentials::error_code(&refused),
+        "DENIED",
+        "{refused:?}"
+    );
+    let status = field.lower.node.admin.status();
+    assert_eq!(status["mode"], "ReadOnly", "{status:#}");
+    let codes = crate::common::peers::detail_codes(&status);
+    assert!(!codes.iter().any(|c| c == "RestartRequired"), "{status:#}");
+    f.note(
+        "push at the ReadOnly lower",
+        "refused (DENIED), mode from the twin",
+    );
     let reported = field.lower.standin.twin()["reported"].clone();
     assert_eq!(reported["name"], "lowernode", "{reported:#}");
     assert_eq!(reported["activation"]["status"], "Active", "{reported:#}");

@@ -3,8 +3,8 @@
 //! links it cuts and restores, processes it kills, a disk it fills and twin changes it makes,
 //! with real clients (the Docker engine, skopeo) and the IoT Edge stand-in. Each scenario prints
 //! what it did and measured; the suite ends with a table (also in `target/scenarios-report.md`).
-//! `SCENARIOS=factory,ship` runs only those; `FIELD_BIG_MIB` sizes the crash scenario's image
-//! (64 MiB by default, 500 for the full size).
+//! `SCENARIOS=factory,ship` runs only those; `FIELD_BIG_MIB` sizes the big layers (the factory's
+//! throughput figure and the crash scenario's image: 64 MiB by default, 500 in `bench/field.sh`).
 
 #[path = "../common/mod.rs"]
 mod common;

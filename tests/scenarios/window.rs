@@ -44,7 +44,12 @@ pub fn shop_with_a_sync_window(f: &mut Figures) {
     let image = small_image(2_000);
     push(root, "apps/shop", "v1", &image);
     expect_digest(top, "apps/shop", "v1", &image.digest, CONVERGE, logs);
-    let status = lower.status();
+    // The module reports its window once its twin is applied.
+    let mut status = serde_json::Value::Null;
+    crate::common::peers::wait_until(Duration::from_secs(30), || {
+        status = lower.status();
+        status["sync"]["nextWindowStart"].is_string()
+    });
     assert_eq!(
         status["sync"]["nextWindowStart"]
             .as_str()
