@@ -73,12 +73,7 @@ fn module_round_trip(arch: Arch, wait: Duration) {
         .mount(&volume.name, "/var/acr/data")
         .network(NetworkMode::Host)
         .args(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
-    for (key, value) in standin.edge_env() {
-        let value = if key == "IOTEDGE_WORKLOADURI" {
-            format!("unix://{WORKLOAD_IN_CONTAINER}")
-        } else {
-            value
-        };
+    for (key, value) in standin.container_env(WORKLOAD_IN_CONTAINER) {
         spec = spec.env(&key, &value);
     }
     let container = spec.start();

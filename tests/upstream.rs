@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::credentials::{basic, create_token, send_as, SecuredNode};
+use common::credentials::{
+    basic, create_read_write_sync_token, create_token, send_as, SecuredNode,
+};
 use common::peers::{
     assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_until,
     Image, Node,
@@ -22,27 +24,6 @@ fn image(seed: u64) -> Image {
         "linux/amd64",
         &[random_bytes(seed, 20_000), random_bytes(seed + 1000, 5000)],
     )
-}
-
-const SYNC_ACTIONS: &[&str] = &[
-    "--repository",
-    "apps/*",
-    "content/read",
-    "content/write",
-    "content/delete",
-    "metadata/read",
-];
-
-fn sync_token_args(child: &str) -> Vec<&str> {
-    let mut args = vec![
-        "--gateway",
-        child,
-        "config/read",
-        "config/write",
-        "message/read",
-    ];
-    args.extend_from_slice(SYNC_ACTIONS);
-    args
 }
 
 fn upstream(node_base: &str) -> Value {
@@ -66,7 +47,7 @@ fn upstream_as(node_base: &str, authorization: &str) -> Value {
 fn a_push_at_a_grandchild_reaches_the_root_through_a_read_write_middle() {
     let (mut middle_pw, mut admin_pw) = (String::new(), String::new());
     let root = SecuredNode::start(json!({"name": "rootnode"}), |config| {
-        middle_pw = create_token(config, "middle1", &sync_token_args("middle1"));
+        middle_pw = create_read_write_sync_token(config, "middle1", "apps/*");
         admin_pw = create_token(
             config,
             "admin",
@@ -83,7 +64,7 @@ fn a_push_at_a_grandchild_reaches_the_root_through_a_read_write_middle() {
                 "sync": {"repositories": ["apps/*"]}
             }
         }),
-        |config| lower_pw = create_token(config, "lower1", &sync_token_args("lower1")),
+        |config| lower_pw = create_read_write_sync_token(config, "lower1", "apps/*"),
     );
     let lower = Node::with_config(json!({
         "name": "lower1", "mode": "ReadWrite",

@@ -57,6 +57,29 @@ pub fn create_sync_token(config: &Path, child: &str, repositories: &str) -> Stri
     )
 }
 
+/// Create the sync token of a ReadWrite child `child`: a ReadOnly child's actions, and on
+/// `repositories` also `content/write` and `content/delete` (it pushes upstream); returns its
+/// password.
+pub fn create_read_write_sync_token(config: &Path, child: &str, repositories: &str) -> String {
+    create_token(
+        config,
+        child,
+        &[
+            "--gateway",
+            child,
+            "config/read",
+            "config/write",
+            "message/read",
+            "--repository",
+            repositories,
+            "content/read",
+            "content/write",
+            "content/delete",
+            "metadata/read",
+        ],
+    )
+}
+
 /// The value of a Basic `Authorization` header.
 pub fn basic(name: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));

@@ -268,6 +268,18 @@ impl EdgeStandin {
             .collect()
     }
 
+    /// What the runtime gives a module container whose workload socket is mounted at
+    /// `workload_in_container`: [`Self::edge_env`] with the workload URI pointing there.
+    pub fn container_env(&self, workload_in_container: &str) -> Vec<(String, String)> {
+        self.edge_env()
+            .into_iter()
+            .map(|(key, value)| match key.as_str() {
+                "IOTEDGE_WORKLOADURI" => (key, format!("unix://{workload_in_container}")),
+                _ => (key, value),
+            })
+            .collect()
+    }
+
     /// Only the legacy pair (`EdgeHubConnectionString`, `EdgeModuleCACertificateFile`).
     pub fn fallback_env(&self) -> Vec<(String, String)> {
         self.env()

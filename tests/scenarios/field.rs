@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::credentials::{basic, create_sync_token, create_token};
+use crate::common::credentials::{create_read_write_sync_token, create_sync_token, create_token};
 use crate::common::edge::{EdgeOptions, EdgeStandin};
 use crate::common::images::{
     docker, ensure_image, run_bounded, unique_name, Arch, Container, ContainerSpec, Network,
     NetworkMode, Volume,
 };
 use crate::common::{free_port, run};
+pub use crate::endpoint::{http, Endpoint};
 
 /// Where the runtime mounts a module's workload socket.
 const WORKLOAD_IN_CONTAINER: &str = "/var/run/iotedge/workload.sock";
@@ -26,13 +27,6 @@ const WORKLOAD_IN_CONTAINER: &str = "/var/run/iotedge/workload.sock";
 const EDGEHUB_HOST: &str = "edgehub.field";
 /// Where a node container reads its configuration file.
 const CONFIG_DIR_IN_CONTAINER: &str = "/etc/connected-registry";
-/// What a node's sync token may do with its repositories when it pushes upstream.
-const READ_WRITE_ACTIONS: &[&str] = &[
-    "content/read",
-    "content/write",
-    "content/delete",
-    "metadata/read",
-];
 /// How long a node gets to answer after its container starts.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,158 +51,6 @@ impl Layers {
     }
 }
 
-/// How a node is reached from the test process, and as whom.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub base: String,
-    pub host: String,
-    pub user: String,
-    pub password: String,
-}
-
-impl Endpoint {
-    pub fn authorization(&self) -> String {
-        basic(&self.user, &self.password)
-    }
-
-    /// A request that reports a refused or dropped connection instead of panicking (nodes are
-    /// killed and cut off while the scenarios watch them).
-    pub fn try_send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Answer, String> {
-        self.try_send_as(method, path, body, &self.authorization())
-    }
-
-    fn try_send_as(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        authorization: &str,
-    ) -> Result<Answer, String> {
-        let mut req = http()
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("Authorization", authorization)
-            .header("Accept", crate::common::peers::ACCEPT_ALL);
-        if let Some(body) = body {
-            req = req.body(body);
-        }
-        let resp = req.send().map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .bytes()
-            .map_err(|e| format!("{method} {path} body: {e}"))?;
-        Ok(Answer {
-            status,
-            headers,
-            body: body.to_vec(),
-        })
-    }
-
-    pub fn send(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Answer {
-        self.try_send(method, path, body)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A request with another `Authorization` than the endpoint's own.
-    pub fn send_with(&self, method: reqwest::Method, path: &str, authorization: &str) -> Answer {
-        self.try_send_as(method, path, None, authorization)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    pub fn get(&self, path: &str) -> Answer {
-        self.send(reqwest::Method::GET, path, None)
-    }
-
-    /// The node's own status document.
-    pub fn status(&self) -> Value {
-        let r = self.get("/acr/connected-registry/v1/status");
-        assert_eq!(r.status, 200, "status: {}", r.text());
-        r.json()
-    }
-
-    /// The digest `repo:tag` resolves to here, if it is served (and the node answers).
-    pub fn tag_digest(&self, repo: &str, tag: &str) -> Option<String> {
-        let r = self
-            .try_send(
-                reqwest::Method::HEAD,
-                &format!("/v2/{repo}/manifests/{tag}"),
-                None,
-            )
-            .ok()?;
-        (r.status == 200).then(|| {
-            r.header("Docker-Content-Digest")
-                .unwrap_or_default()
-                .to_owned()
-        })
-    }
-
-    /// The tags of `repo` (empty when the repository is not here).
-    pub fn tags(&self, repo: &str) -> Vec<String> {
-        let r = self.get(&format!("/v2/{repo}/tags/list"));
-        if r.status == 404 {
-            return vec![];
-        }
-        assert_eq!(r.status, 200, "tags/list {repo}: {}", r.text());
-        let mut tags: Vec<String> = r.json()["tags"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        tags.sort();
-        tags
-    }
-
-    /// Requests answered by route (`connected_registry_http_requests_total`), from `/metrics`.
-    pub fn requests_by_route(&self) -> Vec<(String, u64)> {
-        let text = self.get("/metrics").text();
-        text.lines()
-            .filter(|l| l.starts_with("connected_registry_http_requests_total{"))
-            .filter_map(|l| {
-                let route = l.split("route=\"").nth(1)?.split('"').next()?.to_owned();
-                let count = l.rsplit(' ').next()?.parse::<f64>().ok()? as u64;
-                Some((route, count))
-            })
-            .collect()
-    }
-}
-
-/// A response.
-pub struct Answer {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
-
-pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-        .unwrap()
-}
-
 /// A node in a container: its configuration directory (mounted, so a rewrite applies live), its
 /// data volume, and the port published for the test process.
 pub struct NodeContainer {
@@ -218,6 +60,25 @@ pub struct NodeContainer {
 }
 
 impl NodeContainer {
+    /// Start `spec` (which publishes its 8080 on `port`), reached as `admin` with `password`.
+    fn start(
+        spec: &ContainerSpec,
+        config_dir: tempfile::TempDir,
+        port: u16,
+        password: String,
+    ) -> Self {
+        NodeContainer {
+            container: spec.start(),
+            config_dir,
+            admin: Endpoint {
+                base: format!("http://127.0.0.1:{port}"),
+                host: format!("127.0.0.1:{port}"),
+                user: "admin".into(),
+                password,
+            },
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config_dir.path().join("config.json")
     }
@@ -324,20 +185,6 @@ fn admin_token(config: &Path) -> String {
     )
 }
 
-/// The sync token of a ReadWrite child: it also pushes and deletes within `repositories`.
-pub fn read_write_sync_token(config: &Path, child: &str, repositories: &str) -> String {
-    let mut args = vec![
-        "--gateway",
-        child,
-        "config/read",
-        "config/write",
-        "message/read",
-    ];
-    args.extend(["--repository", repositories]);
-    args.extend_from_slice(READ_WRITE_ACTIONS);
-    create_token(config, child, &args)
-}
-
 /// A plain node container (the root or the top) on `network` under `alias`, serving `config`;
 /// `tokens` adds tokens to the file before it starts (an admin token is always made).
 pub fn start_node(
@@ -368,16 +215,7 @@ pub fn start_node(
             "--config",
             &format!("{CONFIG_DIR_IN_CONTAINER}/config.json"),
         ]);
-    let node = NodeContainer {
-        container: spec.start(),
-        config_dir: dir,
-        admin: Endpoint {
-            base: format!("http://127.0.0.1:{port}"),
-            host: format!("127.0.0.1:{port}"),
-            user: "admin".into(),
-            password: admin_password,
-        },
-    };
+    let node = NodeContainer::start(&spec, dir, port, admin_password);
     node.wait_ready();
     node
 }
@@ -442,7 +280,7 @@ impl Field {
             "root",
             &root_data,
             |p| {
-                top_sync = read_write_sync_token(p, TOP, "apps/*");
+                top_sync = create_read_write_sync_token(p, TOP, "apps/*");
             },
         );
 
@@ -458,7 +296,7 @@ impl Field {
         let lower_mode = lower.mode;
         let top = start_node(top_config, &layers.it, "top", &top_data, |p| {
             lower_sync = if lower_mode == "ReadWrite" {
-                read_write_sync_token(p, LOWER, "apps/*")
+                create_read_write_sync_token(p, LOWER, "apps/*")
             } else {
                 create_sync_token(p, LOWER, "apps/*")
             };
@@ -608,24 +446,10 @@ fn start_lower(
         .env("IOTEDGE_PARENTHOSTNAME", "top")
         .env("RUST_LOG", "info")
         .extra(&["--add-host", &format!("{EDGEHUB_HOST}:host-gateway")]);
-    for (key, value) in standin.edge_env() {
-        let value = if key == "IOTEDGE_WORKLOADURI" {
-            format!("unix://{WORKLOAD_IN_CONTAINER}")
-        } else {
-            value
-        };
+    for (key, value) in standin.container_env(WORKLOAD_IN_CONTAINER) {
         spec = spec.env(&key, &value);
     }
-    let node = NodeContainer {
-        container: spec.start(),
-        config_dir: dir,
-        admin: Endpoint {
-            base: format!("http://127.0.0.1:{port}"),
-            host: format!("127.0.0.1:{port}"),
-            user: "admin".into(),
-            password: passwords.admin.clone(),
-        },
-    };
+    let node = NodeContainer::start(&spec, dir, port, passwords.admin.clone());
     node.connect(&layers.it, "lower");
     node.wait_ready();
     Lower {

@@ -12,6 +12,7 @@ mod common;
 mod crashes;
 mod credentials;
 mod disk;
+mod endpoint;
 mod factory;
 mod field;
 mod report;
