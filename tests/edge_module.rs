@@ -551,3 +551,45 @@ fn the_sas_token_is_renewed_before_it_expires() {
     standin.wait_for_reported(WAIT, |r| r["config"]["version"].as_u64() > Some(before));
     standin.assert_no_violations();
 }
+
+/// A named module whose sync window is closed says nothing to its parent, until the operator
+/// asks for a pass with the `sync` direct method: it then activates and syncs at once.
+#[test]
+fn the_sync_method_syncs_a_named_module_outside_its_window() {
+    use chrono::Timelike;
+    let root = Node::with_config(json!({"name": "rootnode"}));
+    let image = peers::Image::new("linux/amd64", &[random_bytes(77, 4096)]);
+    push_image(&root.base(), "apps/late", "v1", &image);
+    // A daily one-hour window twelve hours away.
+    let hour = (chrono::Utc::now().hour() + 12) % 24;
+    let standin = EdgeStandin::start(EdgeOptions {
+        desired: Some(json!({
+            "name": "windowed",
+            "anonymousPull": true,
+            "parent": {"endpoint": root.base(), "sync": {"repositories": ["apps/*"],
+                "schedule": format!("0 {hour} * * *"), "window": "PT1H"}}
+        })),
+        ..EdgeOptions::default()
+    });
+    let module = start_module(standin.env());
+    let base = module.url("");
+    standin.wait_for_reported(WAIT, |r| r["sync"]["nextWindowStart"].is_string());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(manifest_digest(&base, "apps/late", "v1"), None);
+    assert!(
+        !root.log_text().contains("child activated"),
+        "activated outside its window:\n{}",
+        root.log_text()
+    );
+    let reply = standin
+        .call_method("sync", json!({}), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        poll_every(Duration::from_millis(100), WAIT, || {
+            manifest_digest(&base, "apps/late", "v1") == Some(image.digest.clone())
+        }),
+        "the sync method did not sync outside the window; log:\n{}",
+        module.log_text()
+    );
+}

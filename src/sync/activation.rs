@@ -128,7 +128,7 @@ pub fn spawn_reporter(
         let mut changes = engine.status().subscribe();
         loop {
             // Reports wait for the sync window like everything else sent to the parent.
-            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown).await {
+            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown, None).await {
                 break;
             }
             let reported = tokio::time::Instant::now();

@@ -107,11 +107,13 @@ pub async fn run(
 
 /// Wait until `schedule`'s window is open (at once when it is), saying in the status when it
 /// opens: a node with a sync window says nothing to its parent outside it, not even to activate
-/// or report its status. `false` when the node shuts down first.
+/// or report its status. `false` when the node shuts down first. A pass asked for by hand
+/// (`resync`) ends the wait too and stays asked for, so the sync loop still runs it.
 pub async fn wait_for_window(
     engine: &SyncEngine,
     schedule: &Schedule,
     shutdown: &mut watch::Receiver<bool>,
+    resync: Option<&tokio::sync::Notify>,
 ) -> bool {
     loop {
         if *shutdown.borrow() {
@@ -125,11 +127,23 @@ pub async fn wait_for_window(
             s.sync.state.get_or_insert_with(|| "Pending".into());
         });
         let wait = (opens_at - Utc::now()).to_std().unwrap_or_default();
+        let asked = async {
+            match resync {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = shutdown.changed() => if changed.is_err() {
                 return false;
             },
+            () = asked => {
+                if let Some(notify) = resync {
+                    notify.notify_one();
+                }
+                return true;
+            }
         }
     }
 }

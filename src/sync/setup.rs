@@ -131,7 +131,9 @@ pub fn spawn(
         }
         if let Some((name, mode)) = node {
             // Outside its sync window a node says nothing to its parent, activation included.
-            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown).await {
+            // (A pass asked for by hand goes ahead: the operator asked for it.)
+            let resync = Some(control.resync.as_ref());
+            if !super::run::wait_for_window(&engine, &schedule, &mut shutdown, resync).await {
                 return;
             }
             match activation::activate(&engine, &name, mode.as_str(), &mut shutdown).await {
