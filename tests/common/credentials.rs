@@ -40,20 +40,11 @@ pub fn create_token(config: &Path, name: &str, args: &[&str]) -> String {
 /// `config/write`, `message/read`; `repositories`: `content/read`, `metadata/read`) and return
 /// its password.
 pub fn create_sync_token(config: &Path, child: &str, repositories: &str) -> String {
-    create_token(
+    sync_token(
         config,
         child,
-        &[
-            "--gateway",
-            child,
-            "config/read",
-            "config/write",
-            "message/read",
-            "--repository",
-            repositories,
-            "content/read",
-            "metadata/read",
-        ],
+        repositories,
+        &["content/read", "metadata/read"],
     )
 }
 
@@ -61,23 +52,26 @@ pub fn create_sync_token(config: &Path, child: &str, repositories: &str) -> Stri
 /// `repositories` also `content/write` and `content/delete` (it pushes upstream); returns its
 /// password.
 pub fn create_read_write_sync_token(config: &Path, child: &str, repositories: &str) -> String {
-    create_token(
-        config,
+    let actions = [
+        "content/read",
+        "content/write",
+        "content/delete",
+        "metadata/read",
+    ];
+    sync_token(config, child, repositories, &actions)
+}
+
+fn sync_token(config: &Path, child: &str, repositories: &str, actions: &[&str]) -> String {
+    let mut args = vec![
+        "--gateway",
         child,
-        &[
-            "--gateway",
-            child,
-            "config/read",
-            "config/write",
-            "message/read",
-            "--repository",
-            repositories,
-            "content/read",
-            "content/write",
-            "content/delete",
-            "metadata/read",
-        ],
-    )
+        "config/read",
+        "config/write",
+        "message/read",
+    ];
+    args.extend(["--repository", repositories]);
+    args.extend_from_slice(actions);
+    create_token(config, child, &args)
 }
 
 /// The value of a Basic `Authorization` header.

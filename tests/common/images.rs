@@ -176,15 +176,15 @@ impl Volume {
 
     /// Where the engine keeps the volume's files on the host.
     pub fn mountpoint(&self) -> PathBuf {
-        let out = run(Command::new(docker()).args([
-            "volume",
-            "inspect",
-            "-f",
-            "{{.Mountpoint}}",
-            &self.name,
-        ]));
-        PathBuf::from(out.trim())
+        volume_mountpoint(&self.name)
     }
+}
+
+/// Where the engine keeps the files of the named volume `name` on the host.
+pub fn volume_mountpoint(name: &str) -> PathBuf {
+    let out =
+        run(Command::new(docker()).args(["volume", "inspect", "-f", "{{.Mountpoint}}", name]));
+    PathBuf::from(out.trim())
 }
 
 impl Drop for Volume {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::common::images::volume_mountpoint;
 use crate::field::{Endpoint, Field, LowerOptions};
 use crate::report::Figures;
 use crate::steps::{expect_digest, pull_verified, push, push_big, small_image, CONVERGE};
@@ -148,7 +149,7 @@ pub fn crashes(f: &mut Figures) {
     f.seconds("push at lower, kill, restart → at root", killed.elapsed());
     let pulled = pull_verified(root, "apps/fromlower", "v1").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pulled.as_deref(), Some(made_here.digest.as_str()));
-    crate::common::support::assert_blob_files_intact(&mountpoint(&field.lower.data.name));
+    crate::common::support::assert_blob_files_intact(&field.lower.data.mountpoint());
 }
 
 /// Bytes of partial downloads (`partial/`) in a node's data volume.
@@ -156,23 +157,9 @@ fn partial_bytes(node: &crate::field::NodeContainer) -> u64 {
     let volume = node.container.inspect(
         "{{range .Mounts}}{{if eq .Destination \"/var/acr/data\"}}{{.Name}}{{end}}{{end}}",
     );
-    crate::common::files_under(&mountpoint(&volume).join("partial"))
+    crate::common::files_under(&volume_mountpoint(&volume).join("partial"))
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// Where the engine keeps a named volume's files on the host.
-pub fn mountpoint(volume: &str) -> std::path::PathBuf {
-    let out = crate::common::run(
-        std::process::Command::new(crate::common::images::docker()).args([
-            "volume",
-            "inspect",
-            "-f",
-            "{{.Mountpoint}}",
-            volume,
-        ]),
-    );
-    std::path::PathBuf::from(out.trim())
 }

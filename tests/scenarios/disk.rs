@@ -10,7 +10,6 @@ use serde_json::json;
 
 use crate::common::images::{docker, Volume};
 use crate::common::peers::{detail_codes, wait_until};
-use crate::crashes::mountpoint;
 use crate::field::{Field, LowerOptions};
 use crate::report::Figures;
 use crate::steps::{expect_digest, pull_verified, push_big, CONVERGE};
@@ -39,23 +38,9 @@ fn tmpfs_volume(mib: u64) -> Volume {
     Volume { name }
 }
 
+/// Bytes free on the file system holding `path`, as the node measures them.
 fn available(path: &std::path::Path) -> u64 {
-    let stat = nix_statvfs(path);
-    stat.0 * stat.1
-}
-
-/// (available blocks, block size) of the file system holding `path`.
-fn nix_statvfs(path: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a zeroed out-parameter.
-    assert_eq!(
-        unsafe { libc::statvfs(c.as_ptr(), &mut s) },
-        0,
-        "statvfs {path:?}"
-    );
-    (s.f_bavail as u64, s.f_frsize as u64)
+    connected_registry::store::usage::available_bytes(path).unwrap()
 }
 
 pub fn full_disk(f: &mut Figures) {
@@ -67,7 +52,7 @@ pub fn full_disk(f: &mut Figures) {
     });
     let logs = || field.logs();
     let (root, lower) = (&field.root.admin, &field.lower.node.admin);
-    let data = mountpoint(&field.lower.data.name);
+    let data = field.lower.data.mountpoint();
 
     // Leave room for about one image (and the metadata's growth).
     let filler = data.join("filler.bin");
