@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each step says when it starts, so CI's log shows where the time goes.
+step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
+
 export DEBIAN_FRONTEND=noninteractive
+step "installing what the tests need"
 need_apt=()
 for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils mosquitto; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
@@ -22,16 +26,22 @@ python3 -c 'import prometheus_client' 2>/dev/null || pip install -q prometheus-c
 command -v kubernetes-validate >/dev/null || pip install -q kubernetes-validate==1.37.0
 command -v kubectl >/dev/null || apt-get install -y -qq --no-install-recommends kubernetes-client
 
+step "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
 # Build once: the test binaries, the node and the stand-in; then the amd64 and arm64 images the
 # container tests run (the arm64 binary is cross-compiled with Debian's rustc-web).
 # The cross build keeps its own target directory outside the clone, so CI runs share it.
+step "building the node, the stand-in and the test binary"
 cargo build --release --tests --bins
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
+step "building the amd64 and arm64 images"
 AMD64_BINARY=target/release/connected-registry ./scripts/build-images.sh all
 # The field scenarios (tests/scenarios/) write their table here; CI's log shows it either way.
 rm -f target/scenarios-report.md
 trap 'if [ -f target/scenarios-report.md ]; then cat target/scenarios-report.md; fi' EXIT
+step "unit and integration tests"
 cargo test --release --no-fail-fast -- --test-threads=2
+step "fuzzing"
 FUZZ_SECONDS=${FUZZ_SECONDS:-15} ./scripts/fuzz.sh
+step "all passed"

@@ -1,7 +1,7 @@
 //! The OCI Distribution API over real HTTP against the running binary: every endpoint, its status
 //! codes and headers, and the error paths (OCI error JSON with the right code, never a 500).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 

@@ -4,7 +4,7 @@
 //! permission, disabling and deleting a token while the node runs, ACR's limits, and the
 //! failed-login limit per source.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

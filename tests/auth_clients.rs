@@ -2,7 +2,7 @@
 //! `skopeo --creds`, `podman login`, `ctr --user` and oras, each allowed with the right token and
 //! refused without credentials or with a token that lacks the action.
 
-mod common;
+use crate::common;
 
 use common::attempt;
 use common::credentials::{create_token, send_as, SecuredNode};

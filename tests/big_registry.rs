@@ -3,7 +3,7 @@
 //! client follows) is complete, strictly ordered and free of repeats, before and after a
 //! restart. `bench/big.sh` measures the same at 10,000 repositories and 100,000 tags.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

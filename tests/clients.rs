@@ -6,7 +6,7 @@
 //! uses its own temp dirs for client storage and unique image names, and cleans up the processes
 //! (containerd) and Docker images it creates, so the tests run in parallel.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

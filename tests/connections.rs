@@ -4,7 +4,7 @@
 //! `Expect: 100-continue`; and a soak that holds a few hundred of them while real clients push
 //! and pull. Every bound asserted is the configured timeout plus a generous margin.
 
-mod common;
+use crate::common;
 
 use std::thread;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! check that nothing is corrupt or half-visible and that interrupted work can be resumed; and a
 //! SIGTERM that lets an in-flight upload finish before the process exits 0.
 
-mod common;
+use crate::common;
 
 use common::support;
 

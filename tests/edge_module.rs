@@ -3,7 +3,7 @@
 //! reporting status as reported properties and events as telemetry, answering direct methods,
 //! refusing a bad configuration whole, and riding out a broker restart while clients pull.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

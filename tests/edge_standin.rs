@@ -6,7 +6,7 @@
 //! vector); an MQTT module client in Rust sees edgeHub's refusals of bad reported patches and
 //! survives a broker restart; restarts keep the CA and the module key.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! follow (events, long-poll wake-up, cursors, errors, shutdown while a poll waits), the status
 //! endpoint, and `connected-registry status` printing it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

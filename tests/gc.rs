@@ -2,7 +2,7 @@
 //! disk), what it must never free (tags, index children, referrers, uploads in flight, content
 //! a child is syncing), `gc --dry-run`, and a kill -9 in the middle of a run.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

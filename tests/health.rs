@@ -3,7 +3,7 @@
 //! methods, and `/readyz` turns 503 naming the problem when the store's blob directory is gone,
 //! then ready again once it is back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! until `connected-registry deactivate`, a clean shutdown frees the name, the parent lists its
 //! children (`status --children`), and a ReadOnly parent refuses a ReadWrite child.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! disk bounds come from the child's own figures (VmHWM, the data directory's size); the only
 //! timing is generous "within N s" waits.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! answers to, and what `statusDetails` says (once, naming the right thing). The per-defect
 //! tests of the larger defects are in tests/hostile_parent.rs.
 
-mod common;
+use crate::common;
 
 use common::hostile_child::*;
 use common::hostile_parent::{Behavior, HostileParent};

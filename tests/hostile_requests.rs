@@ -5,7 +5,7 @@
 //! Every answer is bounded, every refusal is a 4xx OCI error, and no request makes the server
 //! panic (the harness fails any test whose registry log shows a panic).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Write};

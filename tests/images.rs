@@ -6,7 +6,7 @@
 //! The images are built by `scripts/build-images.sh` when missing (see
 //! [`common::images::ensure_image`]).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;

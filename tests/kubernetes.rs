@@ -7,7 +7,7 @@
 //! rendered container's arguments, environment and configuration file — alone, and a root and
 //! a child paired as the overlays pair them.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -8,7 +8,7 @@
 //! a leak fails the test with the offending line, the secret masked. Also: no ANSI colour unless
 //! stderr is a terminal (never with `NO_COLOR`), and an idle child's sync passes log at debug.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! the bind of `/var/acr/data`, the telemetry route, the nested layers' `$upstream` images and
 //! API proxy — and that a broken manifest is rejected, so the check is not a rubber stamp.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

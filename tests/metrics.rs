@@ -6,7 +6,7 @@
 //! may scrape (a token, or anyone once `metrics.anonymous` is set in the watched config file),
 //! and a child's sync bytes and lag with its parent's count of connected children.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! (the stand-in's mosquitto) at the gateway host name, a data volume. The container configures
 //! itself from its twin, syncs from a parent, reports, and serves `docker pull`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `maxPollInterval` while passes find nothing new, and a change brings it back to
 //! `pollInterval`. The parent is Debian's `docker-registry`; a counting proxy sits between.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! limit is raised live, and a real full disk (a small tmpfs) handled the same way: nothing
 //! corrupt, serving goes on, recovery is automatic once space exists.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

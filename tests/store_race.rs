@@ -4,7 +4,7 @@
 //! before and after a restart; requests racing on one upload session never fail with a 5xx;
 //! one repository never changes what another serves; abandoned upload sessions expire.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! for the whole run. The test never holds the blob in memory either: it is generated, hashed and
 //! compared piece by piece. Throughput is printed, not asserted.
 
-mod common;
+use crate::common;
 
 use common::support;
 

@@ -7,7 +7,7 @@
 //! connections. Every test checks bytes, digests and status codes at the child; each starts its
 //! own processes on free ports with temp dirs, so they run in parallel.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 //! migrated in place by this one, serves every manifest and blob it held to a real client, and
 //! its garbage is collected; a directory of a newer format is refused by name.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! tag moved at the parent while a local push waited follows the documented rule (the parent
 //! wins, the local manifest stays pullable by digest, the conflict is in `statusDetails`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

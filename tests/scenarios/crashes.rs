@@ -1,7 +1,8 @@
 //! 4. Crashes: `docker kill` (SIGKILL) of the top node in the middle of a big sync, and of the
-//!    lower node while clients pull and while a push it took is still on its way upstream. A
-//!    client polling the nodes throughout verifies every digest of every tag it is served and
-//!    never sees a corrupt or half-synced one; everything finishes after the restarts.
+//!    lower node while clients pull and while a push it took is still on its way upstream (before
+//!    and in the middle of its upload). A client polling the nodes throughout verifies every
+//!    digest of every tag it is served and never sees a corrupt or half-synced one; everything
+//!    finishes after the restarts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::images::volume_mountpoint;
-use crate::field::{Endpoint, Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{expect_digest, pull_verified, push, push_big, small_image, CONVERGE};
+use crate::scenarios::field::{Endpoint, Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{
+    expect_digest, pull_verified, push, push_big, small_image, CONVERGE,
+};
 
 /// The big images' layer (here and in the factory's throughput figure): `FIELD_BIG_MIB` (the
 /// issue's 500 in `bench/field.sh`), 64 MiB by default.
@@ -71,8 +74,10 @@ impl Watcher {
 }
 
 pub fn crashes(f: &mut Figures) {
+    // The lower's bandwidth limit paces its uploads too, so a kill can land mid-upload.
     let field = Field::start(LowerOptions {
         mode: "ReadWrite",
+        sync: serde_json::json!({"repositories": ["apps/*"], "bandwidthLimit": "16MiB/s"}),
         ..LowerOptions::default()
     });
     let logs = || field.logs();
@@ -88,7 +93,7 @@ pub fn crashes(f: &mut Figures) {
     let watcher = Watcher::start(vec![top.clone(), lower.clone()], "apps/big", "v1", &digest);
     let started = Instant::now();
     let downloading = crate::common::peers::poll_every(Duration::from_millis(20), CONVERGE, || {
-        partial_bytes(&field.top) > 1024 * 1024
+        bytes_under(&field.top, "partial") > 1024 * 1024
     });
     assert!(downloading, "the top never started downloading\n{}", logs());
     field.top.kill();
@@ -149,15 +154,54 @@ pub fn crashes(f: &mut Figures) {
     f.seconds("push at lower, kill, restart → at root", killed.elapsed());
     let pulled = pull_verified(root, "apps/fromlower", "v1").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pulled.as_deref(), Some(made_here.digest.as_str()));
+
+    // … and killed in the middle of sending a big layer up (the top holds part of it in an
+    // upload session): after the restart the outbox sends it again, whole, and it reaches the
+    // root; the top never serves a half-received tag (the watcher verifies every pull).
+    let (big_here, _) = push_big(lower, "apps/bigfromlower", "v1", 4_300, mib);
+    let watcher = Watcher::start(
+        vec![root.clone(), top.clone()],
+        "apps/bigfromlower",
+        "v1",
+        &big_here,
+    );
+    let uploading = crate::common::peers::poll_every(Duration::from_millis(20), CONVERGE, || {
+        bytes_under(&field.top, "uploads") > 1024 * 1024
+    });
+    assert!(uploading, "the lower never started its upload\n{}", logs());
+    field.lower.node.kill();
+    let killed = Instant::now();
+    f.note(
+        "lower killed mid-upload with",
+        format!(
+            "{} MiB at the top",
+            bytes_under(&field.top, "uploads") >> 20
+        ),
+    );
+    field.lower.node.restart();
+    expect_digest(
+        root,
+        "apps/bigfromlower",
+        "v1",
+        &big_here,
+        CONVERGE * 3,
+        logs,
+    );
+    f.seconds(
+        "big push at lower, kill mid-upload → at root",
+        killed.elapsed(),
+    );
+    let verified = watcher.finish();
+    f.note("verified pulls of it at root and top", verified);
     crate::common::support::assert_blob_files_intact(&field.lower.data.mountpoint());
 }
 
-/// Bytes of partial downloads (`partial/`) in a node's data volume.
-fn partial_bytes(node: &crate::field::NodeContainer) -> u64 {
+/// Bytes under `dir` of a node's data volume: `partial` (downloads), `uploads` (upload sessions).
+fn bytes_under(node: &crate::scenarios::field::NodeContainer, dir: &str) -> u64 {
     let volume = node.container.inspect(
         "{{range .Mounts}}{{if eq .Destination \"/var/acr/data\"}}{{.Name}}{{end}}{{end}}",
     );
-    crate::common::files_under(&volume_mountpoint(&volume).join("partial"))
+    crate::common::files_under(&volume_mountpoint(&volume).join(dir))
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())

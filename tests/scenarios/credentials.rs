@@ -11,9 +11,11 @@ use serde_json::json;
 use crate::common::credentials::basic;
 use crate::common::images::Volume;
 use crate::common::peers::{detail_codes, wait_until};
-use crate::field::{start_node, Field, LowerOptions, LOWER};
-use crate::report::Figures;
-use crate::steps::{docker_pull_as, expect_digest, push, seed_busybox, small_image, CONVERGE};
+use crate::scenarios::field::{start_node, Field, LowerOptions, LOWER};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{
+    docker_pull_as, expect_digest, push, seed_busybox, small_image, CONVERGE,
+};
 
 pub fn credentials(f: &mut Figures) {
     let one_password = format!("one-{}", crate::common::images::unique_name("pw"));

@@ -10,9 +10,9 @@ use serde_json::json;
 
 use crate::common::images::{docker, Volume};
 use crate::common::peers::{detail_codes, wait_until};
-use crate::field::{Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{expect_digest, pull_verified, push_big, CONVERGE};
+use crate::scenarios::field::{Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{expect_digest, pull_verified, push_big, CONVERGE};
 
 const MIB: u64 = 1024 * 1024;
 const TMPFS_MIB: u64 = 64;

@@ -6,9 +6,9 @@
 use std::time::Instant;
 
 use crate::common::images::Network;
-use crate::field::{probe, Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{
+use crate::scenarios::field::{probe, Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{
     docker_pull_as, expect_digest, median_max, push, seed_busybox, small_image, CONVERGE,
 };
 
@@ -69,8 +69,8 @@ pub fn connected_factory(f: &mut Figures) {
     );
 
     // Throughput across the layers: one big layer, unpaced.
-    let mib = crate::crashes::big_mib();
-    let (big, _) = crate::steps::push_big(root, "apps/bulk", "v1", 150, mib);
+    let mib = crate::scenarios::crashes::big_mib();
+    let (big, _) = crate::scenarios::steps::push_big(root, "apps/bulk", "v1", 150, mib);
     let pushed = Instant::now();
     expect_digest(top, "apps/bulk", "v1", &big, CONVERGE * 3, logs);
     let at_top = pushed.elapsed();

@@ -19,7 +19,7 @@ use crate::common::images::{
     NetworkMode, Volume,
 };
 use crate::common::{free_port, run};
-pub use crate::endpoint::{http, Endpoint};
+pub use crate::scenarios::endpoint::{http, Endpoint};
 
 /// Where the runtime mounts a module's workload socket.
 const WORKLOAD_IN_CONTAINER: &str = "/var/run/iotedge/workload.sock";

@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::field::{Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{expect_digest, holdings, pull_verified, push, small_image, CONVERGE};
+use crate::scenarios::field::{Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{
+    expect_digest, holdings, pull_verified, push, small_image, CONVERGE,
+};
 
 /// How long the ship stays out of reach.
 const AT_SEA: Duration = Duration::from_secs(8);

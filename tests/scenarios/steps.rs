@@ -12,7 +12,7 @@ use crate::common::credentials::push_image_as;
 use crate::common::images::{docker_cli, run_bounded};
 use crate::common::peers::{random_bytes, Blob, Image};
 use crate::common::support::{hash_reader, Gen};
-use crate::field::Endpoint;
+use crate::scenarios::field::Endpoint;
 
 pub const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// How long anything in a scenario may take to converge before it fails.
@@ -41,7 +41,7 @@ pub fn push(at: &Endpoint, repo: &str, tag: &str, image: &Image) {
 pub fn push_big(at: &Endpoint, repo: &str, tag: &str, seed: u64, mib: u64) -> (String, String) {
     let layer = Gen::new(seed, mib * 1024 * 1024);
     let layer_digest = layer.digest();
-    let r = crate::field::http()
+    let r = crate::scenarios::field::http()
         .post(format!(
             "{}/v2/{repo}/blobs/uploads/?digest={layer_digest}",
             at.base
@@ -71,7 +71,7 @@ pub fn push_big(at: &Endpoint, repo: &str, tag: &str, seed: u64, mib: u64) -> (S
     }))
     .unwrap();
     let digest = crate::common::sha256(&manifest);
-    let r = crate::field::http()
+    let r = crate::scenarios::field::http()
         .put(format!("{}/v2/{repo}/manifests/{tag}", at.base))
         .header("Authorization", at.authorization())
         .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
@@ -140,7 +140,7 @@ pub fn pull_verified(at: &Endpoint, repo: &str, tag: &str) -> Result<Option<Stri
     for blob in blobs.iter().filter(|b| b.is_object()) {
         let want = blob["digest"].as_str().unwrap();
         let size = blob["size"].as_u64().unwrap();
-        let resp = crate::field::http()
+        let resp = crate::scenarios::field::http()
             .get(format!("{}/v2/{repo}/blobs/{want}", at.base))
             .header("Authorization", at.authorization())
             .timeout(Duration::from_secs(600))

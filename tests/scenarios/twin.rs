@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::field::{Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{expect_digest, push, small_image, wait_digest, CONVERGE};
+use crate::scenarios::field::{Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{expect_digest, push, small_image, wait_digest, CONVERGE};
 
 fn is_event(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |m: &Value| m["properties"]["eventType"] == kind

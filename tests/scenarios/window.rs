@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use chrono::{DurationRound, Timelike, Utc};
 use serde_json::json;
 
-use crate::field::{Endpoint, Field, LowerOptions};
-use crate::report::Figures;
-use crate::steps::{expect_digest, push, small_image, CONVERGE};
+use crate::scenarios::field::{Endpoint, Field, LowerOptions};
+use crate::scenarios::report::Figures;
+use crate::scenarios::steps::{expect_digest, push, small_image, CONVERGE};
 
 /// Routes the test process itself asks the top for (not the lower node's doing).
 const OWN_ROUTES: &[&str] = &["metrics", "health"];

@@ -266,7 +266,7 @@ impl ParentClient {
 
     /// The smallest transfer rate tolerated: [`super::MIN_TRANSFER_RATE`], or less under a
     /// bandwidth limit that is itself lower.
-    fn min_rate(&self) -> u64 {
+    pub(super) fn min_rate(&self) -> u64 {
         match &self.limiter {
             Some(l) => super::MIN_TRANSFER_RATE.min(l.rate / 4),
             None => super::MIN_TRANSFER_RATE,

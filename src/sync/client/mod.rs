@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -169,7 +169,7 @@ pub struct ParentClient {
     credentials: Option<(String, String)>,
     /// Bearer tokens by scope (`repository:<name>:pull`, `registry:catalog:*`, …).
     tokens: Mutex<HashMap<String, CachedToken>>,
-    limiter: Option<Limiter>,
+    limiter: Option<Arc<Limiter>>,
     requests: AtomicU64,
     /// `n` asked for on paginated lists (a field so unit tests can force several pages).
     page_size: u32,
@@ -286,7 +286,7 @@ impl ParentClient {
             http,
             credentials: options.credentials,
             tokens: Mutex::new(HashMap::new()),
-            limiter: options.bandwidth_limit.and_then(Limiter::new),
+            limiter: options.bandwidth_limit.and_then(Limiter::new).map(Arc::new),
             requests: AtomicU64::new(0),
             page_size: PAGE_SIZE,
             message_ttl: None,
@@ -438,10 +438,14 @@ impl ParentClient {
             if let Some(body) = &req.body {
                 builder = builder.body(body.clone());
             }
+            let mut upload = None;
             if let Some((path, size)) = &req.file_body {
+                let sent = upload::Sent::default();
+                let body = upload::file_body(path, self.limiter.clone(), sent.clone()).await?;
                 builder = builder
                     .header(header::CONTENT_LENGTH, size.to_string())
-                    .body(upload::file_body(path).await?);
+                    .body(body);
+                upload = Some((sent, *size));
             }
             builder = match auth {
                 Auth::Bearer(token) => builder.bearer_auth(token),
@@ -452,35 +456,51 @@ impl ParentClient {
                 Auth::Anonymous => builder,
             };
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let (why, retry_after, answered) =
-                match tokio::time::timeout(req.wait, builder.send()).await {
-                    Ok(Ok(resp)) => {
-                        let status = resp.status();
-                        if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                            return Ok(resp);
-                        }
-                        (
-                            format!("answered {status}"),
-                            retry_after(resp.headers()),
-                            true,
-                        )
+            // A blob body is judged by its progress, not by one deadline for the whole request
+            // (a big blob on a slow link takes longer than any fixed wait).
+            let answer = match &upload {
+                None => tokio::time::timeout(req.wait, builder.send()).await.ok(),
+                Some((sent, size)) => {
+                    let min_rate = self.min_rate();
+                    upload::answer_to_upload(builder.send(), sent, *size, req.wait, min_rate).await
+                }
+            };
+            let (why, retry_after, answered) = match answer {
+                Some(Ok(resp)) => {
+                    let status = resp.status();
+                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                        return Ok(resp);
                     }
-                    Ok(Err(e)) if e.is_builder() => {
-                        return Err(SyncError::Protocol(format!(
-                            "{}: {}",
-                            describe_url(&req.method, &req.url),
-                            chain(&e.without_url())
-                        )));
-                    }
-                    // Without the URL: a redirect target's query may carry a signature, and
-                    // the request is named (without it) in the message anyway.
-                    Ok(Err(e)) => (chain(&e.without_url()), None, false),
-                    Err(_) => (
-                        format!("no answer within {}s", req.wait.as_secs()),
-                        None,
-                        false,
+                    (
+                        format!("answered {status}"),
+                        retry_after(resp.headers()),
+                        true,
+                    )
+                }
+                Some(Err(e)) if e.is_builder() => {
+                    return Err(SyncError::Protocol(format!(
+                        "{}: {}",
+                        describe_url(&req.method, &req.url),
+                        chain(&e.without_url())
+                    )));
+                }
+                // Without the URL: a redirect target's query may carry a signature, and
+                // the request is named (without it) in the message anyway.
+                Some(Err(e)) => (chain(&e.without_url()), None, false),
+                None if upload.is_some() => (
+                    format!(
+                        "the upload stalled, or no answer within {}s of its end",
+                        req.wait.as_secs()
                     ),
-                };
+                    None,
+                    false,
+                ),
+                None => (
+                    format!("no answer within {}s", req.wait.as_secs()),
+                    None,
+                    false,
+                ),
+            };
             if attempt >= ATTEMPTS {
                 let what = if at_parent {
                     format!("{} {}", self.base, req.describe())

@@ -1,15 +1,22 @@
 //! Pushing to the parent (a ReadWrite node's upstream): plain OCI pushes with the sync token —
 //! blobs streamed from their files (checked with `HEAD` first, so a replay sends nothing twice),
 //! manifests, tags and deletes — through the same transport, authentication and retries as
-//! every pull. A blob body is re-opened from its file for every attempt, never held in memory.
+//! every pull. A blob body is re-opened from its file for every attempt, never held in memory,
+//! paced by the bandwidth limit like downloads, and judged by its progress rather than by one
+//! deadline for the whole request.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::{self, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 
-use super::{unexpected, ParentClient, Req, SyncError, MAX_JSON_BYTES};
+use super::download::Limiter;
+use super::{unexpected, ParentClient, Req, SyncError, MAX_JSON_BYTES, RATE_WINDOW};
 use crate::oci::Digest;
 
 /// How the parent answered a `DELETE`.
@@ -141,20 +148,149 @@ impl ParentClient {
     }
 }
 
-/// A streaming request body reading `path` in 256 KiB pieces.
-pub(super) async fn file_body(path: &Path) -> Result<reqwest::Body, SyncError> {
+/// Bytes of a blob body handed to the connection so far.
+#[derive(Clone, Default)]
+pub(super) struct Sent(Arc<AtomicU64>);
+
+impl Sent {
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A streaming request body reading `path` in 256 KiB pieces, paced by the node's bandwidth
+/// limit (shared with downloads: `bandwidthLimit` bounds the link both ways), counting what it
+/// hands over in `sent`.
+pub(super) async fn file_body(
+    path: &Path,
+    limiter: Option<Arc<Limiter>>,
+    sent: Sent,
+) -> Result<reqwest::Body, SyncError> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| SyncError::Disk(format!("opening {}: {e}", path.display())))?;
-    let chunks = futures_util::stream::try_unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok::<_, std::io::Error>(None);
-        }
-        buf.truncate(n);
-        Ok(Some((Bytes::from(buf), file)))
-    });
+    let state = (file, limiter, sent, 0u64);
+    let chunks =
+        futures_util::stream::try_unfold(state, |(mut file, limiter, sent, carry)| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            buf.truncate(n);
+            let carry = match &limiter {
+                Some(limiter) => limiter.take(carry + n as u64).await,
+                None => 0,
+            };
+            sent.add(n);
+            Ok(Some((Bytes::from(buf), (file, limiter, sent, carry))))
+        });
     Ok(reqwest::Body::wrap_stream(chunks))
+}
+
+/// Waits for the answer to a request whose blob body is being sent. The body must keep moving
+/// (`min_rate` bytes a second over each [`RATE_WINDOW`], as a download must) and, once all of it
+/// is sent, the answer must come within `wait`. `None`: it did not. One deadline for the whole
+/// request would fail every blob that takes longer than `wait` to send on a slow link.
+pub(super) async fn answer_to_upload<T>(
+    send: impl Future<Output = T>,
+    sent: &Sent,
+    size: u64,
+    wait: Duration,
+    min_rate: u64,
+) -> Option<T> {
+    tokio::pin!(send);
+    let mut before = sent.get();
+    loop {
+        let body_done = before >= size;
+        let window = if body_done { wait } else { RATE_WINDOW };
+        match tokio::time::timeout(window, &mut send).await {
+            Ok(answer) => return Some(answer),
+            Err(_) if body_done => return None,
+            Err(_) => {
+                let now = sent.get();
+                if now < size && now - before < min_rate.saturating_mul(window.as_secs()) {
+                    return None;
+                }
+                before = now;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body sent at `rate` bytes a second (in 1 KiB steps) after `delay`; then the answer
+    /// `answer_after` later.
+    fn upload(
+        sent: &Sent,
+        size: u64,
+        rate: u64,
+        answer_after: Duration,
+    ) -> impl Future<Output = u64> {
+        let sent = sent.clone();
+        async move {
+            let step = Duration::from_secs_f64(1024.0 / rate as f64);
+            while sent.get() < size {
+                tokio::time::sleep(step).await;
+                sent.add(1024);
+            }
+            tokio::time::sleep(answer_after).await;
+            sent.get()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_upload_that_keeps_moving_is_answered_however_long_it_takes() {
+        let sent = Sent::default();
+        // 10 MiB at 64 KiB/s: 160 s, far beyond the 30 s wait for the answer.
+        let size = 10 << 20;
+        let send = upload(&sent, size, 64 << 10, Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let answer = answer_to_upload(send, &sent, size, Duration::from_secs(30), 1024).await;
+        assert_eq!(answer, Some(size));
+        assert!(started.elapsed() >= Duration::from_secs(160));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upload_ends_within_a_window() {
+        let sent = Sent::default();
+        let stalled = {
+            let sent = sent.clone();
+            async move {
+                sent.add(4096);
+                std::future::pending::<()>().await
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let answer = answer_to_upload(stalled, &sent, 1 << 20, Duration::from_secs(30), 1024).await;
+        assert_eq!(answer, None);
+        assert!(
+            started.elapsed() <= RATE_WINDOW * 2,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_body_without_an_answer_ends_after_the_wait() {
+        let sent = Sent::default();
+        let size = 1 << 20;
+        let send = upload(&sent, size, 1 << 20, Duration::from_secs(3600));
+        let started = tokio::time::Instant::now();
+        let answer = answer_to_upload(send, &sent, size, Duration::from_secs(30), 1024).await;
+        assert_eq!(answer, None);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(30) && took <= Duration::from_secs(45),
+            "{took:?}"
+        );
+    }
 }

@@ -6,8 +6,7 @@
 //! `SCENARIOS=factory,ship` runs only those; `FIELD_BIG_MIB` sizes the big layers (the factory's
 //! throughput figure and the crash scenario's image: 64 MiB by default, 500 in `bench/field.sh`).
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 mod crashes;
 mod credentials;
