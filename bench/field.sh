@@ -10,11 +10,11 @@
 # Docker networks for the layers, root → top (ReadWrite) → lower (an IoT Edge module under the
 # stand-in), every node a container of the module's own image. It prints each scenario's
 # figures (push-to-pullable time per layer, the big image's time through two layers with a
-# kill of the top mid-sync, recovery times) and the table, also in target/scenarios-report.md.
+# kill of the top mid-sync and of the lower mid-upload, recovery times) and the table, also in target/scenarios-report.md.
 # Needs what scripts/test.sh installs (Docker engine, skopeo, mosquitto, busybox-static).
 # Run it on an otherwise idle machine: every node shares the same cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FIELD_BIG_MIB=${FIELD_BIG_MIB:-500}
-cargo build --release --bins --test scenarios
-cargo test --release --test scenarios -- --nocapture
+cargo build --release --bins --test integration
+cargo test --release --test integration scenarios:: -- --nocapture

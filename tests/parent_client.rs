@@ -7,13 +7,13 @@
 //! with distribution's own JWT verification, and an unreachable parent. A missing tool fails
 //! the test: `scripts/test.sh` installs `docker-registry` and `apache2-utils` (`htpasswd`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{free_port, require};
 use connected_registry::oci::Digest;
 use connected_registry::sync::client::*;
 use rand::{RngCore, SeedableRng};
@@ -26,27 +26,6 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Panics unless `tool` is on PATH.
-fn require(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "required tool `{tool}` (Debian package {package}) is not installed; run scripts/test.sh"
-    );
-}
 
 /// A `docker-registry` process, killed on drop.
 struct Distribution {
@@ -69,7 +48,7 @@ impl Distribution {
 
     /// `auth` returns the `auth:` section of the config (given the temp directory).
     async fn start_with_auth(auth: impl FnOnce(&Path) -> String) -> Distribution {
-        require("docker-registry", "docker-registry");
+        require("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let auth = auth(dir.path());
@@ -603,7 +582,7 @@ async fn bandwidth_limit_is_shared_by_concurrent_downloads() {
 // ---------------------------------------------------------------------------------------------
 
 fn htpasswd_line(user: &str, password: &str) -> String {
-    require("htpasswd", "apache2-utils");
+    require("htpasswd");
     let out = Command::new("htpasswd")
         .args(["-nbB", user, password])
         .output()

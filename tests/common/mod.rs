@@ -6,17 +6,34 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_connected-registry");
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 for a server a test starts (a node, distribution, a container's
+/// published port). Ports come from one counter for the whole test process, below the kernel's
+/// ephemeral range (where `bind(0)` and outgoing connections take theirs), and each is handed
+/// out once: a port merely found free with `bind(0)` and released could be handed to two tests
+/// running at once, and one would talk to the other's server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Another test process on the machine starts elsewhere in the range.
+    let offset = std::process::id().wrapping_mul(7_919) % COUNT;
+    loop {
+        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            taken < COUNT,
+            "no free test port left in {FIRST}..{}",
+            FIRST + COUNT
+        );
+        let port = u16::try_from(FIRST + (offset + taken) % COUNT).expect("below 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Raise this process's soft open-files limit to the hard one (a test holding a thousand
