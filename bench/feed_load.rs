@@ -9,7 +9,8 @@
 //!
 //! Phases: connect every child and let its first long-poll wait; sample the root's RSS and CPU
 //! (`--pid`) over an idle window; push `--pushes` manifests one at a time, each only once every
-//! child has the previous one; then push at `--rate` per second for `--rate-seconds`. Prints
+//! child has the previous one; then push at `--rate` per second for `--rate-seconds` from
+//! `--pushers` connections at once. Prints
 //! one JSON object: RSS/CPU figures, and p50/p99 of the time from a push's start to a child
 //! having its event (over every child and push) and to all children having it (per push).
 //!
@@ -45,6 +46,9 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     rate_seconds: u64,
+    /// Connections pushing at `--rate` at once (each push waits for its answer).
+    #[arg(long, default_value_t = 1)]
+    pushers: usize,
     /// Seconds of idle measurement with every long-poll waiting.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
@@ -58,7 +62,7 @@ struct Args {
 
 /// When each push started (index = push number).
 struct Pushes {
-    started: Mutex<Vec<Instant>>,
+    started: Mutex<Vec<Option<Instant>>>,
     /// Children that have each push's event.
     seen: Mutex<Vec<usize>>,
 }
@@ -148,10 +152,31 @@ async fn main() -> anyhow::Result<()> {
         let count = (args.rate * args.rate_seconds) as usize;
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // The ticks hand push numbers to `--pushers` connections, each pushing one at a time.
+        let (tx, rx) = tokio::sync::mpsc::channel::<usize>(count.max(1));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut pushers = Vec::new();
+        for _ in 0..args.pushers.max(1) {
+            let (rx, pushes, addr) = (rx.clone(), pushes.clone(), args.addr.clone());
+            pushers.push(tokio::spawn(async move {
+                let mut conn = Conn::connect(&addr).await?;
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(n) = next else {
+                        return anyhow::Ok(());
+                    };
+                    push(&mut conn, &pushes, n).await?;
+                }
+            }));
+        }
         let started = Instant::now();
         for n in first..first + count {
             ticks.tick().await;
-            push(&mut http, &pushes, n).await?;
+            tx.send(n).await?;
+        }
+        drop(tx);
+        for pusher in pushers {
+            pusher.await??;
         }
         let pushing_seconds = started.elapsed().as_secs_f64();
         for n in first..first + count {
@@ -174,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
         "answers": answers.load(Ordering::SeqCst),
         "oneAtATime": one_at_a_time,
         "atRate": at_rate,
+        "pushers": args.pushers,
     });
     println!("{out}");
     for t in tasks {
@@ -327,8 +353,10 @@ async fn push(http: &mut Conn, pushes: &Pushes, n: usize) -> anyhow::Result<()> 
     .to_string();
     {
         let mut started = pushes.started.lock().unwrap();
-        assert_eq!(started.len(), n);
-        started.push(Instant::now());
+        if started.len() <= n {
+            started.resize(n + 1, None);
+        }
+        started[n] = Some(Instant::now());
     }
     http.send_typed(
         "PUT",
@@ -377,7 +405,7 @@ fn latency_report(
     let mut each = Vec::new();
     let mut last = vec![Duration::ZERO; started.len()];
     for (n, at) in seen.iter().filter(|(n, _)| range.contains(n)) {
-        let d = at.saturating_duration_since(started[*n]);
+        let d = at.saturating_duration_since(started[*n].expect("every push started"));
         each.push(d);
         last[*n] = last[*n].max(d);
     }

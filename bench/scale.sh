@@ -13,8 +13,9 @@
 # /acr/connected-registry/v1/changes on as many connections. It reports the root's RSS before
 # and while they all wait, its CPU over IDLE_SECONDS of waiting, then the time from the start of
 # a push to each child / to all children having its event, for PUSHES pushes made one at a time
-# and for RATE pushes per second over RATE_SECONDS. With STATUS=1 the largest count runs once
-# more with every child also activated and reporting its status every 30 s.
+# and for RATE pushes per second over RATE_SECONDS from PUSHERS (8) connections at once. With
+# STATUS=1 the largest count runs once more with every child also activated and reporting its
+# status every 30 s.
 #
 # The open-files limit is raised to the hard limit (root and client both need one descriptor per
 # child). Needs: cargo (unless SKIP_BUILD=1), python3. Run on an idle machine, never in CI.
@@ -25,6 +26,7 @@ CHILDREN=${CHILDREN:-1250 2500 5000 10000 1000}
 PUSHES=${PUSHES:-20}
 RATE=${RATE:-100}
 RATE_SECONDS=${RATE_SECONDS:-10}
+PUSHERS=${PUSHERS:-8}
 IDLE_SECONDS=${IDLE_SECONDS:-10}
 STATUS=${STATUS:-1}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,12 +80,12 @@ echo "machine: $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}
 echo "ours:    $("$OURS_BIN" --version 2>/dev/null || echo "$OURS_BIN")"
 NAMES=()
 for n in $CHILDREN; do
-    run_one "feed-$n" "$n" --rate "$RATE" --rate-seconds "$RATE_SECONDS"
+    run_one "feed-$n" "$n" --rate "$RATE" --rate-seconds "$RATE_SECONDS" --pushers "$PUSHERS"
     NAMES+=("feed-$n")
 done
 if [[ $STATUS == 1 ]]; then
     largest=$(printf '%s\n' $CHILDREN | sort -n | tail -1)
-    run_one "status-$largest" "$largest" --rate "$RATE" --rate-seconds "$RATE_SECONDS" --status-every 30
+    run_one "status-$largest" "$largest" --rate "$RATE" --rate-seconds "$RATE_SECONDS" --pushers "$PUSHERS" --status-every 30
     NAMES+=("status-$largest")
 fi
 

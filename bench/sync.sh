@@ -38,7 +38,7 @@
 # Prints machine info, one table with the targets, then every raw number.
 #
 # Knobs (env): SMALL_COUNT=20 SMALL_MIB=10 BIG_LAYERS=4 BIG_LAYER_MIB=128 RUNS=3 CONCURRENCY=4
-#              IDLE_SECS=30 FEED_IDLE_SECS=60
+#              IDLE_SECS=30 FEED_IDLE_SECS=60 SEED_PARALLEL=4 (skopeo copies at once while seeding)
 #              BENCH_TMPDIR=<dir for data + layout; default $TMPDIR or /tmp; must not be tmpfs if
 #              the fsync cost is to be real>
 #
@@ -294,11 +294,19 @@ record blobs "$N_BLOBS"
 
 start_dist a "$A_PORT" "$WORK/a" on
 A_PID=$DIST_STARTED_PID
+# Push every image of the layout to the registry on port $1 with `skopeo copy
+# --preserve-digests`, SEED_PARALLEL (4) copies at a time (1,000 small images one by one take
+# longer than the measurements).
+seed_registry() {
+    local port=$1
+    # shellcheck disable=SC2016
+    xargs -P "${SEED_PARALLEL:-4}" -L 1 sh -c 'skopeo copy --quiet --preserve-digests \
+        --dest-tls-verify=false "oci:$0:$6" "docker://127.0.0.1:$1/$2:$3" >/dev/null' \
+        "$WORK/layout" "$port" <"$WORK/images.txt"
+}
+
 log "seeding A ($A_URL) with $N_IMAGES images: skopeo copy --preserve-digests"
-while read -r repo tag _ _ ref; do
-    skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
-        "oci:$WORK/layout:$ref" "docker://127.0.0.1:$A_PORT/$repo:$tag" >/dev/null
-done <"$WORK/images.txt"
+seed_registry "$A_PORT"
 check_manifests A "$A_URL"
 
 # ---- 1. full sync: ours vs skopeo --------------------------------------------------------------
@@ -455,10 +463,7 @@ RUST_LOG=connected_registry=debug "$OURS_BIN" serve --listen "127.0.0.1:$C_PORT"
 C_PID=$!
 wait_ready "connected-registry (parent C)" "$C_URL" "$C_PID" "$WORK/c.log"
 log "seeding C ($C_URL) with $N_IMAGES images: skopeo copy --preserve-digests"
-while read -r repo tag _ _ ref; do
-    skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
-        "oci:$WORK/layout:$ref" "docker://127.0.0.1:$C_PORT/$repo:$tag" >/dev/null
-done <"$WORK/images.txt"
+seed_registry "$C_PORT"
 check_manifests C "$C_URL"
 cat >"$WORK/child-c.json" <<EOF
 {"parent": {"endpoint": "$C_URL", "sync": {"repositories": ["bench/**"], "concurrency": $CONCURRENCY}}}
