@@ -1,7 +1,7 @@
-//! The field, end to end (`cargo test --release --test scenarios`): nodes in containers of the
-//! module's own image on Docker networks the suite creates for the layers (`cloud`, `it`, `ot`),
-//! links it cuts and restores, processes it kills, a disk it fills and twin changes it makes,
-//! with real clients (the Docker engine, skopeo) and the IoT Edge stand-in. Each scenario prints
+//! The field, end to end (`cargo test --release --test integration scenarios::`): nodes in
+//! containers of the module's own image on Docker networks the suite creates for the layers
+//! (`cloud`, `it`, `ot`), links it cuts and restores, processes it kills, a disk it fills and
+//! twin changes it makes, with real clients (the Docker engine, skopeo) and the IoT Edge stand-in. Each scenario prints
 //! what it did and measured; the suite ends with a table (also in `target/scenarios-report.md`).
 //! `SCENARIOS=factory,ship` runs only those; `FIELD_BIG_MIB` sizes the big layers (the factory's
 //! throughput figure and the crash scenario's image: 64 MiB by default, 500 in `bench/field.sh`).
