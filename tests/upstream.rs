@@ -362,3 +362,45 @@ fn a_distribution_parent_gets_pushes_and_a_refused_untag_does_not_block_the_outb
         status(&child.base())
     );
 }
+
+/// `bandwidthLimit` paces uploads too, and a slow upload that keeps moving is not cut off: a
+/// 240 KiB layer at 16 KiB/s takes ~15 s, longer than the progress window (10 s), and reaches
+/// the parent whole on its first attempt.
+#[test]
+fn a_slow_paced_upload_reaches_the_parent_however_long_it_takes() {
+    use common::peers::Distribution;
+    let parent = Distribution::start();
+    let child = Node::with_config(json!({
+        "name": "shipnode4", "mode": "ReadWrite",
+        "parent": {"endpoint": parent.url(),
+                   "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16KiB/s"}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &child.base()
+    )["activation"]["status"]
+        == "Active"));
+    let big = Image::new("linux/amd64", &[random_bytes(90, 240 * 1024)]);
+    let pushed = std::time::Instant::now();
+    push_image(&child.base(), "apps/slow", "v1", &big);
+    assert!(
+        wait_until(Duration::from_secs(90), || manifest_digest(
+            &parent.url(),
+            "apps/slow",
+            "v1"
+        ) == Some(big.digest.clone())),
+        "the paced upload never arrived: {}",
+        status(&child.base())
+    );
+    // The limit held: 240 KiB cannot pass 16 KiB/s in less than ~15 s.
+    assert!(
+        pushed.elapsed() >= Duration::from_secs(10),
+        "uploaded in {:?}: not paced",
+        pushed.elapsed()
+    );
+    assert_serves(&parent.url(), "apps/slow", "v1", &big, None);
+    assert!(
+        !detail_codes(&status(&child.base())).contains(&"ParentUnreachable".to_owned()),
+        "an attempt was cut off: {}",
+        status(&child.base())
+    );
+}

@@ -25,6 +25,9 @@ use super::{
 };
 use crate::oci::{Digest, Hasher};
 
+/// The largest piece of an upload body read and sent at once.
+pub(super) const MAX_UPLOAD_PIECE: usize = 256 * 1024;
+
 /// The shared bandwidth limit: one governor cell is `unit` bytes.
 pub(super) struct Limiter {
     governor: DefaultDirectRateLimiter,
@@ -51,6 +54,15 @@ impl Limiter {
             burst,
             rate,
         })
+    }
+
+    /// How many bytes to send at a time under this limit: a quarter of a second's worth
+    /// (1 KiB – 256 KiB), so progress shows steadily even on a slow link instead of one large
+    /// piece being held back for many seconds.
+    pub(super) fn piece(&self) -> usize {
+        usize::try_from(self.rate / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(1024, MAX_UPLOAD_PIECE)
     }
 
     /// Wait until `bytes` more may be transferred; returns the bytes not yet charged (less
@@ -350,6 +362,13 @@ mod tests {
     fn parses_content_range() {
         assert_eq!(content_range_start("bytes 4000-4999/5000"), Some(4000));
         assert_eq!(content_range_start("bytes */5000"), None);
+    }
+
+    #[test]
+    fn upload_pieces_are_a_quarter_second_of_the_limit() {
+        assert_eq!(Limiter::new(8 << 10).unwrap().piece(), 2 << 10);
+        assert_eq!(Limiter::new(1 << 10).unwrap().piece(), 1 << 10);
+        assert_eq!(Limiter::new(100 << 20).unwrap().piece(), MAX_UPLOAD_PIECE);
     }
 
     #[tokio::test]

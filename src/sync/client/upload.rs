@@ -15,7 +15,7 @@ use bytes::Bytes;
 use reqwest::header::{self, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 
-use super::download::Limiter;
+use super::download::{Limiter, MAX_UPLOAD_PIECE};
 use super::{unexpected, ParentClient, Req, SyncError, MAX_JSON_BYTES, RATE_WINDOW};
 use crate::oci::Digest;
 
@@ -162,9 +162,10 @@ impl Sent {
     }
 }
 
-/// A streaming request body reading `path` in 256 KiB pieces, paced by the node's bandwidth
-/// limit (shared with downloads: `bandwidthLimit` bounds the link both ways), counting what it
-/// hands over in `sent`.
+/// A streaming request body reading `path` in pieces of up to 256 KiB, paced by the node's
+/// bandwidth limit (shared with downloads: `bandwidthLimit` bounds the link both ways; pieces
+/// are then a quarter second's worth, so progress shows steadily), counting what it hands over
+/// in `sent`.
 pub(super) async fn file_body(
     path: &Path,
     limiter: Option<Arc<Limiter>>,
@@ -174,10 +175,12 @@ pub(super) async fn file_body(
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| SyncError::Disk(format!("opening {}: {e}", path.display())))?;
+    let piece = limiter.as_ref().map_or(MAX_UPLOAD_PIECE, |l| l.piece());
     let state = (file, limiter, sent, 0u64);
-    let chunks =
-        futures_util::stream::try_unfold(state, |(mut file, limiter, sent, carry)| async move {
-            let mut buf = vec![0u8; 256 * 1024];
+    let chunks = futures_util::stream::try_unfold(
+        state,
+        move |(mut file, limiter, sent, carry)| async move {
+            let mut buf = vec![0u8; piece];
             let n = file.read(&mut buf).await?;
             if n == 0 {
                 return Ok::<_, std::io::Error>(None);
@@ -189,7 +192,8 @@ pub(super) async fn file_body(
             };
             sent.add(n);
             Ok(Some((Bytes::from(buf), (file, limiter, sent, carry))))
-        });
+        },
+    );
     Ok(reqwest::Body::wrap_stream(chunks))
 }
 
