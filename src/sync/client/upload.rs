@@ -231,8 +231,8 @@ pub(super) async fn answer_to_upload<T>(
 mod tests {
     use super::*;
 
-    /// A body sent at `rate` bytes a second (in 1 KiB steps) after `delay`; then the answer
-    /// `answer_after` later.
+    /// A body sent at `rate` bytes a second (in 1 KiB steps), then the answer `answer_after`
+    /// later.
     fn upload(
         sent: &Sent,
         size: u64,
