@@ -62,6 +62,9 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # With an explicit --target these flags reach only the target crates, not build scripts.
 export RUSTFLAGS="-C target-feature=+crt-static"
+# jemalloc fixes its page size when built: 64 KiB works on every arm64 kernel (4, 16 and 64 KiB
+# pages; a 4 KiB build refuses to start on the others), as Debian builds it for arm64.
+export JEMALLOC_SYS_WITH_LG_PAGE=16
 
 start=$(date +%s)
 cargo build --profile "$PROFILE" --target "$TARGET" --bin connected-registry >&2

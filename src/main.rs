@@ -11,6 +11,23 @@ use connected_registry::config::Config;
 use connected_registry::status::StatusHandle;
 use connected_registry::store::Store;
 
+/// jemalloc replaces malloc for the whole process (linked unprefixed: Rust's system allocator and
+/// the C code both use it; as Rust's global allocator instead, zeroed allocations lost their
+/// fold into `calloc` and sled's 20 MiB of metric histograms were written out at start). With
+/// thousands of connections glibc spent a fifth of the node's CPU in its arena locks and free
+/// lists (a connection's buffers are freed on another worker thread than the one that made
+/// them) and held ~15 KB per waiting long-poll; jemalloc answered 10 000 waiting children ~40 %
+/// faster at 11 KB per long-poll (BENCHMARKS.md, "Scale").
+use tikv_jemalloc_sys as _;
+
+/// jemalloc's options, read before `main`: a background thread hands freed pages back to the
+/// system within about a second (`dirty_decay_ms`, `muzzy_decay_ms`), so a node is small again
+/// soon after a burst of pulls without anything in the request path doing it. `MALLOC_CONF`
+/// in the environment is applied after these.
+#[export_name = "malloc_conf"]
+static JEMALLOC_OPTIONS: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 #[derive(Parser)]
 #[command(
     name = "connected-registry",

@@ -5,6 +5,7 @@
 //! on a separate port. A waiting long-poll holds no thread (it awaits the store's change watch)
 //! and returns as soon as the server starts stopping, so it never delays a graceful shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -123,8 +124,8 @@ pub(super) async fn handle(
 }
 
 #[derive(Serialize)]
-struct ChangesPage {
-    events: Vec<ChangeEvent>,
+struct ChangesPage<'a> {
+    events: Vec<&'a ChangeEvent>,
     next: u64,
 }
 
@@ -140,7 +141,7 @@ async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Resu
     let events = tokio::select! {
         page = api.store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
         // The server is stopping: answer now with what there is (nothing new).
-        _ = stopping.wait_for(|stop| *stop) => Vec::new(),
+        _ = stopping.wait_for(|stop| *stop) => Arc::from([]),
     };
     // A child that has missed events older than its message TTL must reconcile in full, as
     // if the parent had kept events only that long for it.
@@ -165,7 +166,7 @@ async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Resu
     }
     let next = events.last().map_or(since, |e| e.seq);
     let events = events
-        .into_iter()
+        .iter()
         .filter(|e| identity.holds(&e.repository, RepositoryAction::ContentRead))
         .collect();
     Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))

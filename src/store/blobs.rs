@@ -136,8 +136,6 @@ impl BlobFiles {
         file.seek(io::SeekFrom::Start(start))
             .context(|| format!("seeking in {path:?}"))?;
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
-        // Held by the body stream: dropped once the client has taken the last chunk.
-        let large = (len >= TRIM_AFTER_STREAM).then(LargeStream::start);
         tokio::task::spawn_blocking(move || {
             let mut remaining = len;
             while remaining > 0 {
@@ -160,47 +158,7 @@ impl BlobFiles {
                 }
             }
         });
-        Ok(futures_util::stream::poll_fn(move |cx| {
-            let _large = &large;
-            rx.poll_recv(cx)
-        }))
-    }
-}
-
-/// A blob stream at least this long hands the allocator's free memory back to the system once
-/// it and every other such stream have ended.
-const TRIM_AFTER_STREAM: u64 = 16 * 1024 * 1024;
-
-/// Large blob streams running now.
-static LARGE_STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// One large blob stream. Its 1 MiB chunks come and go through the allocator, which keeps the
-/// freed ones in its arenas: after a burst of pulls the process held 30–50 MiB it no longer
-/// used. When the last large stream ends, that memory goes back to the system (`malloc_trim`),
-/// so an idle node is small again; while streams run nothing is trimmed (no cost to them).
-struct LargeStream;
-
-impl LargeStream {
-    fn start() -> LargeStream {
-        LARGE_STREAMS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        LargeStream
-    }
-}
-
-impl Drop for LargeStream {
-    fn drop(&mut self) {
-        if LARGE_STREAMS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            release_free_memory();
-        }
-    }
-}
-
-/// Return the allocator's free memory to the system (glibc; elsewhere nothing to do).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
+        Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 }
 

@@ -7,7 +7,8 @@
 //! pruned part is told its cursor expired (410 `MESSAGES_EXPIRED`) and reconciles in full instead
 //! of silently missing events.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -31,18 +32,44 @@ const PRUNE_BATCH: usize = 1000;
 const META_TREE: &str = "change_meta";
 const PRUNED_THROUGH: &[u8] = b"pruned_through";
 
-impl Store {
-    fn change_meta(&self) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(META_TREE)?)
-    }
+/// What the feed keeps beside the log, so that a long-poll answer reads nothing it need not:
+/// after an event every waiting child (thousands, on a root) asks at once, nearly all from the
+/// same cursor.
+pub(super) struct Feed {
+    meta: sled::Tree,
+    /// `pruned_through` as persisted, raised before a prune deletes anything (so a reader that
+    /// sees a gap also sees it expired).
+    pruned_through: AtomicU64,
+    /// The page last read, handed to every long-poll asking for the same one.
+    last_page: Mutex<Option<Page>>,
+}
 
+/// The durable events after `since` through `through`, at most `limit` of them. Durable events
+/// never change, so the page stays right for as long as `since` is not pruned (checked on every
+/// answer).
+struct Page {
+    since: u64,
+    through: u64,
+    limit: usize,
+    events: Arc<[ChangeEvent]>,
+}
+
+impl Feed {
+    pub(super) fn open(db: &sled::Db) -> Result<Feed> {
+        let meta = db.open_tree(META_TREE)?;
+        let pruned = meta.get(PRUNED_THROUGH)?.map_or(0, |v| decode_u64(&v));
+        Ok(Feed {
+            meta,
+            pruned_through: AtomicU64::new(pruned),
+            last_page: Mutex::new(None),
+        })
+    }
+}
+
+impl Store {
     /// Sequence number of the newest event removed by pruning (0 = nothing was ever pruned).
-    pub fn pruned_through(&self) -> Result<u64> {
-        Ok(self
-            .change_meta()?
-            .get(PRUNED_THROUGH)?
-            .map(|v| decode_u64(&v))
-            .unwrap_or(0))
+    pub fn pruned_through(&self) -> u64 {
+        self.feed.pruned_through.load(Ordering::SeqCst)
     }
 
     /// Sequence number of the oldest retained change event, if any.
@@ -53,7 +80,7 @@ impl Store {
     /// Delete change events whose time is before `older_than`, oldest first, stopping at the
     /// first newer one. The newest event is always kept. Returns how many were deleted.
     pub fn prune_changes(&self, older_than: DateTime<Utc>) -> Result<usize> {
-        let meta = self.change_meta()?;
+        let meta = &self.feed.meta;
         let changes = &self.trees.changes;
         let mut deleted = 0;
         loop {
@@ -79,7 +106,10 @@ impl Store {
             let Some(&last) = batch.last() else {
                 break;
             };
-            (changes, &meta)
+            // Before the events go: a long-poll that reads the log after this sees the gap
+            // as expired rather than handing it out as a page.
+            self.feed.pruned_through.fetch_max(last, Ordering::SeqCst);
+            (changes, meta)
                 .transaction(|(changes, meta)| {
                     for seq in &batch {
                         changes.remove(&seq.to_be_bytes())?;
@@ -106,11 +136,8 @@ impl Store {
     /// is newer than anything this log ever made durable (the log was reset, or the cursor came
     /// from another registry). Either way the child must reconcile in full. `since = 0` on a log
     /// that was never pruned is never expired.
-    pub fn changes_expired(&self, since: u64) -> Result<bool> {
-        if since < self.pruned_through()? {
-            return Ok(true);
-        }
-        Ok(since > *self.last_change.borrow())
+    pub fn changes_expired(&self, since: u64) -> bool {
+        since < self.pruned_through() || since > *self.last_change.borrow()
     }
 
     /// Durable change events after `since`, oldest first, at most `limit`. Returns at once when
@@ -124,7 +151,7 @@ impl Store {
         since: u64,
         wait: Duration,
         limit: usize,
-    ) -> Result<Vec<ChangeEvent>> {
+    ) -> Result<Arc<[ChangeEvent]>> {
         let expired = || {
             Error::new(
                 ErrorCode::MessagesExpired,
@@ -139,7 +166,7 @@ impl Store {
                 "latest": *self.last_change.borrow(),
             }))
         };
-        if self.changes_expired(since)? {
+        if self.changes_expired(since) {
             return Err(expired());
         }
         let mut durable = self.watch_changes();
@@ -147,21 +174,45 @@ impl Store {
         let events = loop {
             let newest = *durable.borrow_and_update();
             if newest > since {
-                // Only what is durable: an event still in flight could vanish in a crash.
-                let mut events = self.changes_since(since, limit)?;
-                events.retain(|e| e.seq <= newest);
-                break events;
+                break self.page(since, newest, limit)?;
             }
             match tokio::time::timeout_at(deadline, durable.changed()).await {
                 Ok(Ok(())) => continue,
                 // Timed out, or the store is gone.
-                _ => break Vec::new(),
+                _ => break Arc::from([]),
             }
         };
         // Pruning may have run while waiting; a gap must not be handed out as a page.
-        if since < self.pruned_through()? {
+        if since < self.pruned_through() {
             return Err(expired());
         }
+        Ok(events)
+    }
+
+    /// The durable events after `since` through `newest`, at most `limit`: read once and shared
+    /// by every long-poll that asks for the same page.
+    fn page(&self, since: u64, newest: u64, limit: usize) -> Result<Arc<[ChangeEvent]>> {
+        let last_page = || {
+            self.feed
+                .last_page
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if let Some(page) = last_page().as_ref() {
+            if (page.since, page.through, page.limit) == (since, newest, limit) {
+                return Ok(page.events.clone());
+            }
+        }
+        // Only what is durable: an event still in flight could vanish in a crash.
+        let mut events = self.changes_since(since, limit)?;
+        events.retain(|e| e.seq <= newest);
+        let events: Arc<[ChangeEvent]> = events.into();
+        *last_page() = Some(Page {
+            since,
+            through: newest,
+            limit,
+            events: events.clone(),
+        });
         Ok(events)
     }
 }
@@ -236,11 +287,18 @@ mod tests {
         let newest = all[4].seq;
 
         // Nothing pruned: no cursor from this log is expired.
-        assert_eq!(store.pruned_through().unwrap(), 0);
-        assert!(!store.changes_expired(0).unwrap());
-        assert!(!store.changes_expired(newest).unwrap());
+        assert_eq!(store.pruned_through(), 0);
+        assert!(!store.changes_expired(0));
+        assert!(!store.changes_expired(newest));
         // A cursor this log never handed out is.
-        assert!(store.changes_expired(newest + 1).unwrap());
+        assert!(store.changes_expired(newest + 1));
+
+        // A page read for a cursor that pruning will expire: it must not be handed out later.
+        let before = store
+            .wait_for_changes(all[2].seq, Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert_eq!(&before[..], &all[3..]);
 
         // Nothing is old enough yet.
         let past = Utc::now() - chrono::Duration::days(1);
@@ -250,12 +308,12 @@ mod tests {
         let future = Utc::now() + chrono::Duration::days(1);
         assert_eq!(store.prune_changes(future).unwrap(), 4);
         assert_eq!(store.oldest_change_seq().unwrap(), Some(newest));
-        assert_eq!(store.pruned_through().unwrap(), all[3].seq);
+        assert_eq!(store.pruned_through(), all[3].seq);
         assert_eq!(store.prune_changes(future).unwrap(), 0);
 
         // Cursors before the pruned events are expired; the last pruned one and later are not.
         for cursor in [0, all[0].seq, all[2].seq] {
-            assert!(store.changes_expired(cursor).unwrap(), "{cursor}");
+            assert!(store.changes_expired(cursor), "{cursor}");
             let err = store
                 .wait_for_changes(cursor, Duration::ZERO, 10)
                 .await
@@ -267,7 +325,7 @@ mod tests {
             .wait_for_changes(all[3].seq, Duration::ZERO, 10)
             .await
             .unwrap();
-        assert_eq!(page, vec![all[4].clone()]);
+        assert_eq!(&page[..], &all[4..]);
         assert!(store
             .wait_for_changes(newest, Duration::ZERO, 10)
             .await
@@ -277,8 +335,8 @@ mod tests {
         // The pruned mark survives a restart, and new events carry on after it.
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert!(store.changes_expired(0).unwrap());
-        assert!(!store.changes_expired(newest).unwrap());
+        assert!(store.changes_expired(0));
+        assert!(!store.changes_expired(newest));
         push(&store, &repo, "v9", 9).await;
         let page = store.changes_since(newest, 10).unwrap();
         assert_eq!(page.len(), 1);
@@ -312,5 +370,35 @@ mod tests {
             .await
             .unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[tokio::test]
+    async fn long_polls_at_the_same_cursor_share_one_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: RepositoryName = "hello".parse().unwrap();
+        for n in 0..3 {
+            push(&store, &repo, &format!("v{n}"), n).await;
+        }
+        let all = store.changes_since(0, 100).unwrap();
+        let first = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
+        let second = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
+        assert_eq!(&first[..], &all[..]);
+        assert!(Arc::ptr_eq(&first, &second), "the same page is read once");
+
+        // Another cursor or another limit is another page, read afresh.
+        let later = store
+            .wait_for_changes(all[0].seq, Duration::ZERO, 10)
+            .await
+            .unwrap();
+        assert_eq!(&later[..], &all[1..]);
+        let short = store.wait_for_changes(0, Duration::ZERO, 2).await.unwrap();
+        assert_eq!(&short[..], &all[..2]);
+
+        // A new event makes a new page for the same cursor.
+        push(&store, &repo, "v3", 3).await;
+        let grown = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
+        assert_eq!(grown.len(), 4);
+        assert_eq!(&grown[..3], &all[..]);
     }
 }

@@ -76,6 +76,8 @@ pub struct Store {
     locks: RepoLocks,
     /// Sequence number of the newest durable change event; long-polls wait on it.
     last_change: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The change feed's cursor bounds and its shared page (see [`changes`]).
+    feed: changes::Feed,
     /// Metadata flushes, shared by writers that wait at the same time (group commit).
     flusher: Arc<group_flush::GroupFlush>,
     /// Local pushes and deletes are recorded in the outbox for the parent (see [`outbox`]).
@@ -124,6 +126,7 @@ impl Store {
             trees.changes.clone(),
             last_change.clone(),
         ));
+        let feed = changes::Feed::open(&db)?;
         let store = Store {
             root: root.to_owned(),
             db,
@@ -132,6 +135,7 @@ impl Store {
             uploads: uploads::Sessions::new(root)?,
             locks: RepoLocks::new(),
             last_change,
+            feed,
             flusher,
             upstream: std::sync::atomic::AtomicBool::new(false),
             counters: counters::Counters::default(),
