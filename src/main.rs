@@ -13,11 +13,10 @@ use connected_registry::store::Store;
 
 /// jemalloc replaces malloc for the whole process (linked unprefixed: Rust's system allocator and
 /// the C code both use it; as Rust's global allocator instead, zeroed allocations lost their
-/// fold into `calloc` and sled's 20 MiB of metric histograms were written out at start). With
-/// thousands of connections glibc spent a fifth of the node's CPU in its arena locks and free
-/// lists (a connection's buffers are freed on another worker thread than the one that made
-/// them) and held ~15 KB per waiting long-poll; jemalloc answered 10 000 waiting children ~40 %
-/// faster at 11 KB per long-poll (BENCHMARKS.md, "Scale").
+/// fold into `calloc` and sled's 20 MiB of metric histograms were written out at start). Under
+/// glibc a waiting long-poll held 15 KB (jemalloc: 11 KB: untouched pages of a connection's
+/// buffers stay untouched), a fifth of a busy root's CPU went to glibc's arena locks and free
+/// lists, and tens of MiB of freed blocks stayed after a burst of load (BENCHMARKS.md, "Scale").
 use tikv_jemalloc_sys as _;
 
 /// jemalloc's options, read before `main`: a background thread hands freed pages back to the

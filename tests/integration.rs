@@ -28,6 +28,7 @@ mod images;
 mod kubernetes;
 mod log_secrets;
 mod manifests;
+mod memory;
 mod metrics;
 mod module_image;
 mod parent_client;
