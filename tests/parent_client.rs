@@ -6,14 +6,15 @@
 //! partial file, the bandwidth limit), Basic auth with an htpasswd file, the docker token flow
 //! with distribution's own JWT verification, and an unreachable parent. A missing tool fails
 //! the test: `scripts/test.sh` installs `docker-registry` and `apache2-utils` (`htpasswd`).
+//! Distribution is started by the harness (`common::peers::Distribution`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_port, require};
+use crate::common::free_port;
+use crate::common::peers::Distribution;
 use connected_registry::oci::Digest;
 use connected_registry::sync::client::*;
 use rand::{RngCore, SeedableRng};
@@ -27,70 +28,13 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A `docker-registry` process, killed on drop.
-struct Distribution {
-    base: String,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Distribution {
-    async fn start() -> Distribution {
-        Self::start_with_auth(|_| String::new()).await
-    }
-
-    /// `auth` returns the `auth:` section of the config (given the temp directory).
-    async fn start_with_auth(auth: impl FnOnce(&Path) -> String) -> Distribution {
-        require("docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let auth = auth(dir.path());
-        let config = format!(
-            "version: 0.1\n\
-             log: {{level: warn}}\n\
-             storage:\n  cache: {{blobdescriptor: inmemory}}\n  filesystem: {{rootdirectory: {root}}}\n  delete: {{enabled: true}}\n\
-             http:\n  addr: 127.0.0.1:{port}\n\
-             {auth}",
-            root = dir.path().join("root").display(),
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start docker-registry");
-        let d = Distribution {
-            base: format!("http://127.0.0.1:{port}"),
-            child,
-            dir,
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http.get(format!("{}/v2/", d.base)).send().await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                std::fs::read_to_string(d.dir.path().join("registry.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        d
-    }
-
-    fn client(&self) -> ParentClient {
-        client_for(&self.base, None)
-    }
+/// Distribution from an async test: the harness's `Distribution` waits for it with blocking
+/// calls, which may not run on the test's runtime thread. `auth` returns the `auth:` section
+/// of its configuration (given its temporary directory).
+async fn distribution(auth: impl FnOnce(&Path) -> String + Send + 'static) -> Distribution {
+    tokio::task::spawn_blocking(move || Distribution::start_with_auth_section(auth))
+        .await
+        .unwrap()
 }
 
 fn client_for(endpoint: &str, credentials: Option<(&str, &str)>) -> ParentClient {
@@ -218,13 +162,13 @@ fn sha256_file(path: &Path) -> Digest {
 
 #[tokio::test]
 async fn ping_catalog_and_tags() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     push.image("demo/app", &["v1", "v2", "v3", "v4", "v5"], b"layer a")
         .await;
     push.image("other", &["latest"], b"layer b").await;
 
-    let client = reg.client();
+    let client = client_for(&reg.url(), None);
     client.ping().await.unwrap();
 
     let mut repos = client.catalog().await.unwrap();
@@ -251,8 +195,8 @@ async fn ping_catalog_and_tags() {
 
 #[tokio::test]
 async fn manifests_by_tag_and_digest_are_verified() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     let (manifest, _) = push.image("demo/app", &["v1"], b"layer").await;
     let digest = Digest::sha256_of(&manifest);
 
@@ -278,7 +222,7 @@ async fn manifests_by_tag_and_digest_are_verified() {
     .into_bytes();
     push.manifest("demo/app", "multi", OCI_INDEX, &index).await;
 
-    let client = reg.client();
+    let client = client_for(&reg.url(), None);
     assert_eq!(
         client.head_manifest("demo/app", "v1").await.unwrap(),
         Some(digest.clone())
@@ -356,11 +300,11 @@ async fn manifests_by_tag_and_digest_are_verified() {
 
 #[tokio::test]
 async fn download_blob_whole_resumed_and_complete() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     let layer = random_bytes(3 * 1024 * 1024 + 123, 1);
     let (_, digest) = push.image("demo/big", &["v1"], &layer).await;
-    let client = reg.client();
+    let client = client_for(&reg.url(), None);
     let tmp = tempfile::tempdir().unwrap();
 
     // Whole, into a directory that does not exist yet.
@@ -406,11 +350,11 @@ async fn download_blob_whole_resumed_and_complete() {
 
 #[tokio::test]
 async fn corrupted_partial_is_a_digest_mismatch_and_is_removed() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     let layer = random_bytes(600_000, 2);
     let (_, digest) = push.image("demo/corrupt", &["v1"], &layer).await;
-    let client = reg.client();
+    let client = client_for(&reg.url(), None);
     let tmp = tempfile::tempdir().unwrap();
     let partial = tmp.path().join("blob.partial");
 
@@ -506,11 +450,11 @@ impl CuttingProxy {
 
 #[tokio::test]
 async fn download_cut_midway_keeps_the_partial_and_resumes_with_range() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     let layer = random_bytes(2 * 1024 * 1024, 3);
     let (_, digest) = push.image("demo/cut", &["v1"], &layer).await;
-    let upstream = reg.base.trim_start_matches("http://").to_owned();
+    let upstream = reg.host();
     let proxy = CuttingProxy::start(upstream, 700_000).await;
     let tmp = tempfile::tempdir().unwrap();
     let partial = tmp.path().join("cut.partial");
@@ -528,7 +472,7 @@ async fn download_cut_midway_keeps_the_partial_and_resumes_with_range() {
     );
     assert_eq!(std::fs::read(&partial).unwrap(), layer[..kept as usize]);
 
-    let direct = reg.client();
+    let direct = client_for(&reg.url(), None);
     let n = direct
         .download_blob("demo/cut", &digest, &partial)
         .await
@@ -543,15 +487,15 @@ async fn download_cut_midway_keeps_the_partial_and_resumes_with_range() {
 
 #[tokio::test]
 async fn bandwidth_limit_is_shared_by_concurrent_downloads() {
-    let reg = Distribution::start().await;
-    let push = Pusher::new(&reg.base);
+    let reg = distribution(|_| String::new()).await;
+    let push = Pusher::new(&reg.url());
     let a = random_bytes(256 * 1024, 4);
     let b = random_bytes(256 * 1024, 5);
     let (_, da) = push.image("demo/bw", &["a"], &a).await;
     let (_, db) = push.image("demo/bw", &["b"], &b).await;
     let client = Arc::new(
         ParentClient::new(ParentOptions {
-            endpoint: reg.base.clone(),
+            endpoint: reg.url(),
             credentials: None,
             ca_pem: None,
             bandwidth_limit: Some(256 * 1024),
@@ -581,33 +525,18 @@ async fn bandwidth_limit_is_shared_by_concurrent_downloads() {
 // Authentication and failures
 // ---------------------------------------------------------------------------------------------
 
-fn htpasswd_line(user: &str, password: &str) -> String {
-    require("htpasswd");
-    let out = Command::new("htpasswd")
-        .args(["-nbB", user, password])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "htpasswd failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test]
 async fn basic_auth_with_htpasswd() {
-    let line = htpasswd_line("factorya-sync", "s3cret pass");
-    let reg = Distribution::start_with_auth(|dir| {
-        let file = dir.join("htpasswd");
-        std::fs::write(&file, format!("{line}\n")).unwrap();
-        format!(
-            "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
-            file.display()
-        )
+    let reg = tokio::task::spawn_blocking(|| {
+        Distribution::start_with_auth(Some(("factorya-sync", "s3cret pass")))
     })
-    .await;
-    let push = Pusher::with_auth(&reg.base, "factorya-sync", "s3cret pass");
+    .await
+    .unwrap();
+    let push = Pusher::with_auth(&reg.url(), "factorya-sync", "s3cret pass");
     let layer = random_bytes(100_000, 6);
     let (manifest, digest) = push.image("secure/app", &["v1"], &layer).await;
 
-    let good = client_for(&reg.base, Some(("factorya-sync", "s3cret pass")));
+    let good = client_for(&reg.url(), Some(("factorya-sync", "s3cret pass")));
     good.ping().await.unwrap();
     assert_eq!(good.catalog().await.unwrap(), vec!["secure/app"]);
     assert_eq!(
@@ -629,7 +558,7 @@ async fn basic_auth_with_htpasswd() {
     // Basic credentials go with every request: no challenge round trips.
     assert_eq!(good.requests_made(), 5);
 
-    let wrong = client_for(&reg.base, Some(("factorya-sync", "wrong")));
+    let wrong = client_for(&reg.url(), Some(("factorya-sync", "wrong")));
     let err = wrong.ping().await.unwrap_err();
     assert!(
         matches!(err, SyncError::AuthenticationFailed(_)),
@@ -644,7 +573,7 @@ async fn basic_auth_with_htpasswd() {
         .unwrap_err();
     assert_eq!(err.code(), "AuthenticationFailed", "{err}");
 
-    let anonymous = client_for(&reg.base, None);
+    let anonymous = client_for(&reg.url(), None);
     let err = anonymous.catalog().await.unwrap_err();
     assert_eq!(err.code(), "AuthenticationFailed", "{err}");
 }
@@ -912,7 +841,7 @@ async fn docker_token_flow_against_distribution_token_auth() {
     let tokens = TokenServer::start(&cert, "factorya-sync", "tok3n").await;
     let realm = tokens.realm.clone();
     let cert2 = cert.clone();
-    let reg = Distribution::start_with_auth(move |_| {
+    let reg = distribution(move |_| {
         format!(
             "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
             cert2.display()
@@ -947,13 +876,13 @@ async fn docker_token_flow_against_distribution_token_auth() {
     let layer = random_bytes(50_000, 7);
     let pusher = BearerPusher {
         http: http.clone(),
-        base: reg.base.clone(),
+        base: reg.url(),
         token: push_token,
     };
     let (manifest, layer_digest) = pusher.image("tok/app", "v1", &layer).await;
     tokens.seen.lock().unwrap().clear();
 
-    let client = client_for(&reg.base, Some(("factorya-sync", "tok3n")));
+    let client = client_for(&reg.url(), Some(("factorya-sync", "tok3n")));
     client.ping().await.unwrap();
     let before = client.requests_made();
     let tags = client.list_tags("tok/app").await.unwrap();
@@ -992,7 +921,7 @@ async fn docker_token_flow_against_distribution_token_auth() {
     );
 
     // Wrong sync-token password: the token service refuses → AuthenticationFailed.
-    let wrong = client_for(&reg.base, Some(("factorya-sync", "nope")));
+    let wrong = client_for(&reg.url(), Some(("factorya-sync", "nope")));
     let err = wrong.list_tags("tok/app").await.unwrap_err();
     assert_eq!(err.code(), "AuthenticationFailed", "{err}");
 }

@@ -581,22 +581,30 @@ impl Distribution {
 
     /// With `Some((user, password))`: htpasswd (bcrypt) Basic authentication on every request.
     pub fn start_with_auth(auth: Option<(&str, &str)>) -> Distribution {
-        require("docker-registry");
-        let tmp = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = tmp.path().join("config.yml");
-        let auth = match auth {
+        let htpasswd = auth.map(|(user, password)| {
+            run(Command::new(require("htpasswd")).args(["-Bbn", user, password]))
+        });
+        Distribution::start_with_auth_section(move |dir| match htpasswd {
             None => String::new(),
-            Some((user, password)) => {
-                let line = run(Command::new(require("htpasswd")).args(["-Bbn", user, password]));
-                let file = tmp.path().join("htpasswd");
+            Some(line) => {
+                let file = dir.join("htpasswd");
                 std::fs::write(&file, line.trim()).unwrap();
                 format!(
                     "auth:\n  htpasswd: {{realm: test-realm, path: {}}}\n",
                     file.display()
                 )
             }
-        };
+        })
+    }
+
+    /// `auth` returns the configuration's `auth:` section (empty for none), given the
+    /// registry's own temporary directory to put files in (an htpasswd file, a token CA).
+    pub fn start_with_auth_section(auth: impl FnOnce(&Path) -> String) -> Distribution {
+        require("docker-registry");
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = tmp.path().join("config.yml");
+        let auth = auth(tmp.path());
         std::fs::write(
             &config,
             format!(
