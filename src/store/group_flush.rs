@@ -9,18 +9,33 @@
 //!
 //! The flushes run on a task of their own, so a writer whose request is dropped mid-wait (a
 //! client that went away) cannot leave the group without a leader.
+//!
+//! Order matters on a busy root: a flush also publishes new change events, which wakes every
+//! waiting long-poll (ten thousand on a root with that many children). The flush task tells its
+//! writers first and only then runs the flush's announcement, so a writer's answer is queued
+//! ahead of that wave instead of behind it; and on a multi-threaded runtime the fsync runs in
+//! place (`block_in_place`) rather than on the blocking pool, whose wake-up would put the flush
+//! task itself at the back of the run queue.
 
 use std::sync::{Arc, Mutex};
 
 use crate::oci::{Error, ErrorCode, Result};
 
-/// The work of one flush: make durable everything committed before it started.
-pub type FlushFn = Arc<dyn Fn() -> Result<()> + Send + Sync>;
+/// The work of one flush: make durable everything committed before it started. What it
+/// returns runs once the flush's writers have been told (publishing what became durable).
+pub type FlushFn = Arc<dyn Fn() -> Result<Announce> + Send + Sync>;
+
+/// What a finished flush announces to readers, right after waking its writers. Idempotent:
+/// each writer runs it too before it returns, so a writer never returns before readers can see
+/// what it made durable.
+pub type Announce = Arc<dyn Fn() + Send + Sync>;
+
+/// The number of the last finished flush, its error if it failed, its announcement if not.
+type Finished = (u64, Option<String>, Option<Announce>);
 
 pub struct GroupFlush {
     state: Mutex<State>,
-    /// The number of the last finished flush and what it returned.
-    finished: tokio::sync::watch::Sender<(u64, Option<String>)>,
+    finished: tokio::sync::watch::Sender<Finished>,
     work: FlushFn,
 }
 
@@ -38,7 +53,7 @@ impl GroupFlush {
     pub fn new(work: FlushFn) -> Arc<GroupFlush> {
         Arc::new(GroupFlush {
             state: Mutex::new(State::default()),
-            finished: tokio::sync::watch::Sender::new((0, None)),
+            finished: tokio::sync::watch::Sender::new((0, None, None)),
             work,
         })
     }
@@ -59,11 +74,14 @@ impl GroupFlush {
             }
             target
         };
-        let (_, error) = finished
-            .wait_for(|(done, _)| *done >= target)
+        let (_, error, announce) = finished
+            .wait_for(|(done, _, _)| *done >= target)
             .await
             .map_err(|_| Error::new(ErrorCode::Unknown, "the metadata flusher stopped"))?
             .clone();
+        if let Some(announce) = announce {
+            announce();
+        }
         match error {
             None => Ok(()),
             Some(message) => Err(Error::new(
@@ -85,14 +103,33 @@ impl GroupFlush {
                 state.started += 1;
                 state.started
             };
-            let work = self.work.clone();
-            let outcome = match tokio::task::spawn_blocking(move || work()).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("flush task failed: {e}")),
+            let (outcome, announce) = match self.run_work().await {
+                Ok(announce) => (None, Some(announce)),
+                Err(message) => (Some(message), None),
             };
-            self.finished.send_replace((number, outcome));
+            self.finished
+                .send_replace((number, outcome, announce.clone()));
+            if let Some(announce) = announce {
+                announce();
+            }
         }
+    }
+
+    /// One flush's work, off the async threads: in place where the runtime can hand this
+    /// thread's other tasks to another (multi-threaded), on the blocking pool otherwise.
+    async fn run_work(&self) -> std::result::Result<Announce, String> {
+        let work = self.work.clone();
+        let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let outcome = if multi_threaded {
+            tokio::task::block_in_place(|| work())
+        } else {
+            match tokio::task::spawn_blocking(move || work()).await {
+                Ok(outcome) => outcome,
+                Err(e) => return Err(format!("flush task failed: {e}")),
+            }
+        };
+        outcome.map_err(|e| e.to_string())
     }
 }
 
@@ -109,7 +146,7 @@ mod tests {
         let group = GroupFlush::new(Arc::new(move || {
             std::thread::sleep(Duration::from_millis(20));
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(Arc::new(|| {}) as Announce)
         }));
         let mut writers = Vec::new();
         for _ in 0..64 {
@@ -135,6 +172,49 @@ mod tests {
         assert_eq!(flushes.load(Ordering::SeqCst), total + 1);
     }
 
+    /// A flush whose announcement takes a while and then counts that it ran: a writer that
+    /// returned while the flush task was still announcing would see no count.
+    fn counting_flush(announced: Arc<AtomicU64>) -> Arc<GroupFlush> {
+        GroupFlush::new(Arc::new(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            let announced = announced.clone();
+            Ok(Arc::new(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                announced.fetch_add(1, Ordering::SeqCst);
+            }) as Announce)
+        }))
+    }
+
+    async fn writers_see_their_flush_announced() {
+        let announced = Arc::new(AtomicU64::new(0));
+        let group = counting_flush(announced.clone());
+        let mut writers = Vec::new();
+        for _ in 0..16 {
+            let group = group.clone();
+            let announced = announced.clone();
+            writers.push(tokio::spawn(async move {
+                group.flush().await.unwrap();
+                // Readers can see what this writer made durable by the time it is told.
+                assert!(announced.load(Ordering::SeqCst) > 0);
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+
+    // The fsync runs in place on a multi-threaded runtime and on the blocking pool otherwise;
+    // both tell writers only once the flush is announced.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multi_threaded_writers_return_after_the_announcement() {
+        writers_see_their_flush_announced().await;
+    }
+
+    #[tokio::test]
+    async fn current_thread_writers_return_after_the_announcement() {
+        writers_see_their_flush_announced().await;
+    }
+
     #[tokio::test]
     async fn a_failed_flush_fails_its_writers_and_the_next_one_runs() {
         let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -143,7 +223,7 @@ mod tests {
             if flag.load(Ordering::SeqCst) {
                 Err(Error::new(ErrorCode::Unknown, "disk on fire"))
             } else {
-                Ok(())
+                Ok(Arc::new(|| {}) as Announce)
             }
         }));
         let err = group.flush().await.unwrap_err();

@@ -579,8 +579,8 @@ fn manifest_unknown(reference: &Reference) -> Error {
     )
 }
 
-/// One metadata flush: everything committed before it starts becomes durable, then the newest
-/// change event of that moment is published to the long-polls.
+/// One metadata flush: everything committed before it starts becomes durable; its announcement
+/// publishes the newest change event of that moment to the long-polls.
 fn flush_work(
     db: sled::Db,
     changes: sled::Tree,
@@ -592,13 +592,15 @@ fn flush_work(
         // can hang for good in sled 0.34 (spacejam/sled#1308); this runs on the blocking pool.
         let newest = metadata::newest_change(&changes)?;
         db.flush()?;
-        last_change.send_if_modified(|seq| {
-            let moved = newest > *seq;
-            if moved {
-                *seq = newest;
-            }
-            moved
-        });
-        Ok(())
+        let last_change = last_change.clone();
+        Ok(Arc::new(move || {
+            last_change.send_if_modified(|seq| {
+                let moved = newest > *seq;
+                if moved {
+                    *seq = newest;
+                }
+                moved
+            });
+        }) as group_flush::Announce)
     })
 }
