@@ -389,3 +389,53 @@ fn soak_clients_push_and_pull_while_hundreds_of_connections_stall() {
         stalled_at.elapsed()
     );
 }
+
+/// A client may send its request and shut its sending side (`nc -N`, `curl` over some proxies,
+/// HTTP/1.0 tools) and then read the answer: the half-closed connection still gets all of it,
+/// streamed (a blob of several read chunks) and after a wait (a change-feed long-poll).
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_whole_answer() {
+    let reg = common::Registry::start();
+    let base = reg.url("");
+    let blob = common::peers::Blob::new("application/octet-stream", random_bytes(7, 3 * MIB + 123));
+    common::peers::push_blob(&base, "half/closed", &blob);
+
+    let ask = |path: &str| {
+        let mut s = raw::connect(&reg.host());
+        raw::send_http1(&mut s, "GET", path, &[("Connection", "close")], &[]);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        raw::wait_closed(&mut s, secs(30)).expect("the answer ends within 30 s")
+    };
+    let closed = ask(&format!("/v2/half/closed/blobs/{}", blob.digest));
+    let received = &closed.received;
+    let end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", closed.text()));
+    let head = String::from_utf8_lossy(&received[..end]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        received[end + 4..] == blob.bytes[..],
+        "body of {} bytes differs from the blob's {}",
+        received.len() - end - 4,
+        blob.bytes.len()
+    );
+
+    // Waits a second for an event that does not come, then answers.
+    let newest = get(&base, "/acr/connected-registry/v1/changes").json()["next"]
+        .as_u64()
+        .unwrap();
+    let closed = ask(&format!(
+        "/acr/connected-registry/v1/changes?since={newest}&wait=1"
+    ));
+    let text = closed.text();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        closed.after >= Duration::from_millis(900),
+        "{:?}",
+        closed.after
+    );
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["events"], json!([]), "{text}");
+    assert_eq!(body["next"], json!(newest), "{text}");
+}
