@@ -589,7 +589,7 @@ fn flush_work(
     Arc::new(move || {
         // Read the newest event before flushing: everything committed by then is in this
         // flush, so the published seq is durable. Not `flush_async`: several of those at once
-        // can hang for good in sled 0.34 (spacejam/sled#1308); this runs on the blocking pool.
+        // can hang for good in sled 0.34 (spacejam/sled#1308); this runs off the async threads.
         let newest = metadata::newest_change(&changes)?;
         db.flush()?;
         let last_change = last_change.clone();
