@@ -28,13 +28,11 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// Distribution from an async test: the harness's `Distribution` waits for it with blocking
-/// calls, which may not run on the test's runtime thread. `auth` returns the `auth:` section
-/// of its configuration (given its temporary directory).
-async fn distribution(auth: impl FnOnce(&Path) -> String + Send + 'static) -> Distribution {
-    tokio::task::spawn_blocking(move || Distribution::start_with_auth_section(auth))
-        .await
-        .unwrap()
+/// Distribution from an async test, started by `start` (one of the harness's
+/// `Distribution::start*`): they wait for it with blocking calls, which may not run on the
+/// test's runtime thread.
+async fn distribution(start: impl FnOnce() -> Distribution + Send + 'static) -> Distribution {
+    tokio::task::spawn_blocking(start).await.unwrap()
 }
 
 fn client_for(endpoint: &str, credentials: Option<(&str, &str)>) -> ParentClient {
@@ -162,7 +160,7 @@ fn sha256_file(path: &Path) -> Digest {
 
 #[tokio::test]
 async fn ping_catalog_and_tags() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     push.image("demo/app", &["v1", "v2", "v3", "v4", "v5"], b"layer a")
         .await;
@@ -195,7 +193,7 @@ async fn ping_catalog_and_tags() {
 
 #[tokio::test]
 async fn manifests_by_tag_and_digest_are_verified() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     let (manifest, _) = push.image("demo/app", &["v1"], b"layer").await;
     let digest = Digest::sha256_of(&manifest);
@@ -300,7 +298,7 @@ async fn manifests_by_tag_and_digest_are_verified() {
 
 #[tokio::test]
 async fn download_blob_whole_resumed_and_complete() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     let layer = random_bytes(3 * 1024 * 1024 + 123, 1);
     let (_, digest) = push.image("demo/big", &["v1"], &layer).await;
@@ -350,7 +348,7 @@ async fn download_blob_whole_resumed_and_complete() {
 
 #[tokio::test]
 async fn corrupted_partial_is_a_digest_mismatch_and_is_removed() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     let layer = random_bytes(600_000, 2);
     let (_, digest) = push.image("demo/corrupt", &["v1"], &layer).await;
@@ -450,7 +448,7 @@ impl CuttingProxy {
 
 #[tokio::test]
 async fn download_cut_midway_keeps_the_partial_and_resumes_with_range() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     let layer = random_bytes(2 * 1024 * 1024, 3);
     let (_, digest) = push.image("demo/cut", &["v1"], &layer).await;
@@ -487,7 +485,7 @@ async fn download_cut_midway_keeps_the_partial_and_resumes_with_range() {
 
 #[tokio::test]
 async fn bandwidth_limit_is_shared_by_concurrent_downloads() {
-    let reg = distribution(|_| String::new()).await;
+    let reg = distribution(Distribution::start).await;
     let push = Pusher::new(&reg.url());
     let a = random_bytes(256 * 1024, 4);
     let b = random_bytes(256 * 1024, 5);
@@ -527,11 +525,9 @@ async fn bandwidth_limit_is_shared_by_concurrent_downloads() {
 
 #[tokio::test]
 async fn basic_auth_with_htpasswd() {
-    let reg = tokio::task::spawn_blocking(|| {
-        Distribution::start_with_auth(Some(("factorya-sync", "s3cret pass")))
-    })
-    .await
-    .unwrap();
+    let reg =
+        distribution(|| Distribution::start_with_auth(Some(("factorya-sync", "s3cret pass"))))
+            .await;
     let push = Pusher::with_auth(&reg.url(), "factorya-sync", "s3cret pass");
     let layer = random_bytes(100_000, 6);
     let (manifest, digest) = push.image("secure/app", &["v1"], &layer).await;
@@ -841,11 +837,13 @@ async fn docker_token_flow_against_distribution_token_auth() {
     let tokens = TokenServer::start(&cert, "factorya-sync", "tok3n").await;
     let realm = tokens.realm.clone();
     let cert2 = cert.clone();
-    let reg = distribution(move |_| {
-        format!(
-            "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
-            cert2.display()
-        )
+    let reg = distribution(move || {
+        Distribution::start_with_auth_section(move |_| {
+            format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                cert2.display()
+            )
+        })
     })
     .await;
 
