@@ -160,11 +160,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT.min(idle))
-        // A client that shuts its sending side after the request still reads the answer. A
-        // long-poll whose client went away entirely then runs to its end (at most `MAX_WAIT`)
-        // instead of being dropped at once; the connection cap bounds how many can.
-        .half_close(true);
+        .header_read_timeout(HEADER_READ_TIMEOUT.min(idle));
     let ping = (idle / 2).clamp(Duration::from_secs(1), MAX_PING_INTERVAL);
     builder
         .http2()

@@ -156,8 +156,8 @@ pub fn ip_on(container: &str, network: &str) -> String {
 /// `GET /healthz` from a probe container on `network` to `ip`:8080; what came back (a status
 /// line, or nc's complaint).
 fn http_probe(network: &Network, ip: &str) -> String {
-    // stdin stays open while the answer comes: at the end of its input nc may close its socket
-    // whole, not only its sending side (which the server would answer).
+    // stdin stays open while the answer comes: the server, like hyper by default, drops a
+    // request whose client half-closed its side before the response.
     let script =
         format!("(printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n'; sleep 2) | nc -w 3 {ip} 8080");
     let (code, out) = probe(network, &["sh", "-c", &script]);
