@@ -21,10 +21,14 @@
 #      whole body (curl -T, no Expect: 100-continue); a different blob every run so nothing is
 #      deduplicated                                                             (seconds, median)
 #      plus a "disk floor": the same bytes written with dd O_DIRECT + fsync
+#   4. RSS from /proc/PID/status: idle (after start + seeding), peak (VmHWM, reset with
+#      clear_refs, cross-checked by 20 ms VmRSS sampling) during one more 8-client pull, and
+#      5 s after it
 #   1b. manifest PUT: a new small manifest per request (bench/put_manifest.lua), wrk with 1, 8
-#      and 32 connections for PUT_DURATION each                                  (req/s)
-#   4. RSS from /proc/PID/status: idle (after start + seeding) and peak (VmHWM, reset with
-#      clear_refs, cross-checked by 20 ms VmRSS sampling) during one more 8-client pull
+#      and 32 connections for PUT_DURATION each (req/s); last, so that the tens of thousands of
+#      manifests it leaves in the metadata are not counted in the pulls' RSS; the RSS 5 s after
+#      it is reported on its own row
+#   (order of a run: 1, 3, 2, 4, 1b)
 # Pushes and pulls alternate between the two servers (who goes first alternates too), so a
 # change in machine load hits both. Prints machine info, then one table with the ratios
 # ours/distribution next to the project's targets, then every raw number.
@@ -257,25 +261,6 @@ for who in ours dist; do
     record "manifest_p99_ms_$who" "$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) sub(/ms/,"",v); else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' "$WORK/wrk-$who.txt")"
 done
 
-# ---- 1b. manifest PUT: a new small manifest per request, 1, 8 and 32 clients --------------------
-# Each answer is durable before its 201 (ours: the metadata flush, shared by the writers waiting
-# at the same time; distribution: its filesystem driver's commit).
-export CONFIG_DIGEST CONFIG_SIZE LAYER_DIGEST LAYER_SIZE PUT_REPO=bench/small
-for clients in $PUT_CLIENTS; do
-    for who in ours dist; do
-        url_var=${who^^}_URL
-        threads=$((clients < 2 ? 1 : 2))
-        log "manifest PUT ($who): wrk -c$clients -t$threads -d$PUT_DURATION"
-        wrk -c"$clients" -t"$threads" -d"$PUT_DURATION" -s "$REPO_ROOT/bench/put_manifest.lua" \
-            "${!url_var}" >"$WORK/put-$who-$clients.txt"
-        if grep -q 'Non-2xx\|Socket errors' "$WORK/put-$who-$clients.txt"; then
-            cat "$WORK/put-$who-$clients.txt" >&2
-            die "wrk saw errors pushing manifests to $who (above)"
-        fi
-        record "put${clients}_rps_$who" "$(awk '/^Requests\/sec:/ {print $2}' "$WORK/put-$who-$clients.txt")"
-    done
-done
-
 # ---- 3. monolithic push (before the pulls, which reuse the first pushed blob) --------------------
 log "generating $RUNS random ${BLOB_MIB} MiB blobs"
 BIG=()
@@ -393,6 +378,34 @@ for who in ours dist; do
     record "idle_after_rss_mib_$who" "$(awk -v k="$(rss_kib "${!pid_var}" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
 done
 
+# ---- 1b. manifest PUT: a new small manifest per request, 1, 8 and 32 clients --------------------
+# Each answer is durable before its 201 (ours: the metadata flush, shared by the writers waiting
+# at the same time; distribution: its filesystem driver's commit). Runs after the pulls and their
+# RSS readings: it leaves tens of thousands of manifests in each server's metadata, whose caches
+# are not the pulls' memory; the RSS after it is its own row.
+export CONFIG_DIGEST CONFIG_SIZE LAYER_DIGEST LAYER_SIZE PUT_REPO=bench/small
+for clients in $PUT_CLIENTS; do
+    for who in ours dist; do
+        url_var=${who^^}_URL
+        threads=$((clients < 2 ? 1 : 2))
+        log "manifest PUT ($who): wrk -c$clients -t$threads -d$PUT_DURATION"
+        wrk -c"$clients" -t"$threads" -d"$PUT_DURATION" -s "$REPO_ROOT/bench/put_manifest.lua" \
+            "${!url_var}" >"$WORK/put-$who-$clients.txt"
+        if grep -q 'Non-2xx\|Socket errors' "$WORK/put-$who-$clients.txt"; then
+            cat "$WORK/put-$who-$clients.txt" >&2
+            die "wrk saw errors pushing manifests to $who (above)"
+        fi
+        record "put${clients}_rps_$who" "$(awk '/^Requests\/sec:/ {print $2}' "$WORK/put-$who-$clients.txt")"
+    done
+done
+
+sleep 5
+for who in ours dist; do
+    pid_var=${who^^}_PID
+    record "after_put_rss_mib_$who" "$(awk -v k="$(rss_kib "${!pid_var}" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
+    record "put_total_$who" "$(cat "$WORK"/put-"$who"-*.txt | awk '/requests in/ {n += $1} END {print n}')"
+done
+
 # ---- report -----------------------------------------------------------------------------------
 python3 - "$RESULTS" "$BLOB_MIB" "$PARALLEL" "$WRK_CONNS" "$WRK_THREADS" "$WRK_DURATION" "$RUNS" \
     "${BENCH_OUT:-}" "$PUT_CLIENTS" "$PUT_DURATION" <<'PY'
@@ -428,6 +441,8 @@ rows = [
     (f"peak RSS during {par}-client pull", "peak_rss_mib", "MiB", "-", None),
     ("RSS 5 s after the last pull", "idle_after_rss_mib", "MiB",
      "ours <= 16 MiB", lambda o, d, q: o <= 16),
+    ("manifests pushed by the PUT runs (all clients)", "put_total", "-", "-", None),
+    ("RSS 5 s after the manifest PUTs", "after_put_rss_mib", "MiB", "-", None),
 ]
 w = max(len(x[0]) for x in rows)
 hdr = f"{'metric':<{w}}  {'unit':<5} {'ours':>10} {'distribution':>13} {'ours/dist':>10}  {'target':<15} met"
