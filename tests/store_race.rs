@@ -237,6 +237,103 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
     assert_eq!(before, after, "the state changed across a restart");
 }
 
+/// Concurrent manifest pushes share one metadata transaction (`store::manifest_commit`): a
+/// push that fails its own checks (a layer the repository does not hold) gets its error, and
+/// the pushes committed beside it do not: each valid push is answered 201 and served after,
+/// under its tag, and appears once in the change feed.
+#[test]
+fn concurrent_pushes_committed_together_fail_and_succeed_one_by_one() {
+    let registry = Registry::start();
+    let base = registry.url("");
+    const CLIENTS: u64 = 12;
+    const PUSHES: u64 = 25;
+    let shared = Image::new("linux/amd64", &[random_bytes(7, 256)]);
+    for repo in REPOS {
+        for blob in &shared.blobs {
+            push_blob(&base, repo, blob);
+        }
+    }
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (base, shared) = (base.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let mut pushed = Vec::new();
+                for n in 0..PUSHES {
+                    let repo = REPOS[((client + n) % 2) as usize];
+                    // Every third push names a layer nobody pushed.
+                    let broken = (client + n) % 3 == 0;
+                    let mut image = shared.clone();
+                    let annotated = {
+                        let mut m: Value = serde_json::from_slice(&image.bytes).unwrap();
+                        m["annotations"] = json!({ "n": format!("{client}-{n}") });
+                        if broken {
+                            m["layers"][0]["digest"] =
+                                json!(common::sha256(format!("missing {client} {n}").as_bytes()));
+                        }
+                        serde_json::to_vec(&m).unwrap()
+                    };
+                    image.digest = sha256(&annotated);
+                    image.bytes = annotated;
+                    let tag = format!("c{client}-{n}");
+                    let r = request(
+                        Method::PUT,
+                        &base,
+                        &format!("/v2/{repo}/manifests/{tag}"),
+                        &[("Content-Type", &image.media_type)],
+                        Some(image.bytes.clone()),
+                    );
+                    if broken {
+                        assert_eq!(r.status, 400, "{repo}:{tag}: {}", r.text());
+                        assert!(
+                            r.text().contains("MANIFEST_BLOB_UNKNOWN"),
+                            "{repo}:{tag}: {}",
+                            r.text()
+                        );
+                    } else {
+                        assert_eq!(r.status, 201, "{repo}:{tag}: {}", r.text());
+                        pushed.push((repo, tag, image.digest.clone()));
+                    }
+                }
+                pushed
+            })
+        })
+        .collect();
+    let pushed: Vec<_> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let valid = (0..CLIENTS)
+        .flat_map(|c| (0..PUSHES).map(move |n| (c + n) % 3 != 0))
+        .filter(|v| *v)
+        .count();
+    assert_eq!(pushed.len(), valid);
+    for (repo, tag, digest) in &pushed {
+        let r = get(&base, &format!("/v2/{repo}/manifests/{tag}"));
+        assert_eq!(
+            r.status, 200,
+            "{repo}:{tag} was answered 201 but is not served"
+        );
+        assert_eq!(
+            &sha256(&r.body),
+            digest,
+            "{repo}:{tag} serves another manifest"
+        );
+    }
+    let replayed = replay_feed(&base);
+    let in_feed: usize = REPOS
+        .iter()
+        .map(|repo| replayed.get(*repo).map_or(0, |(tags, _)| tags.len()))
+        .sum();
+    assert_eq!(in_feed, pushed.len(), "the feed lists another set of tags");
+    for (repo, tag, digest) in &pushed {
+        assert_eq!(
+            replayed[*repo].0.get(tag),
+            Some(digest),
+            "{repo}:{tag} in the feed"
+        );
+    }
+}
+
 #[test]
 fn requests_racing_on_one_upload_session_never_fail_with_a_server_error() {
     let registry = Registry::start();

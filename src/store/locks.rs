@@ -33,12 +33,31 @@ impl RepoLocks {
     /// Take `repo`'s write lock. Not re-entrant: functions that run under it take a
     /// [`RepoGuard`] argument instead of locking again.
     pub fn lock(&self, repo: &RepositoryName) -> RepoGuard<'_> {
+        self.lock_stripe(Self::stripe(repo))
+    }
+
+    /// Take the write locks of all of `repos` (a repository named twice, or two sharing a
+    /// stripe, locked once), always in stripe order, so two callers of this never deadlock and
+    /// a caller of [`RepoLocks::lock`] holds one stripe at most.
+    pub fn lock_all(&self, repos: &[&RepositoryName]) -> Vec<RepoGuard<'_>> {
+        let mut stripes: Vec<usize> = repos.iter().map(|repo| Self::stripe(repo)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|s| self.lock_stripe(s)).collect()
+    }
+
+    fn stripe(repo: &RepositoryName) -> usize {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         repo.as_str().hash(&mut hasher);
-        let stripe = &self.stripes[(hasher.finish() as usize) % STRIPES];
+        (hasher.finish() as usize) % STRIPES
+    }
+
+    fn lock_stripe(&self, stripe: usize) -> RepoGuard<'_> {
         // The lock guards no data of its own, so a panic while it was held left nothing torn.
         RepoGuard {
-            _guard: stripe.lock().unwrap_or_else(PoisonError::into_inner),
+            _guard: self.stripes[stripe]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         }
     }
 }

@@ -9,6 +9,7 @@ use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use crate::oci::{Digest, Error, ErrorCode, MediaType, RepositoryName, Result};
 
+#[derive(Clone)]
 pub(super) struct Trees {
     /// repository name → ()
     pub repos: sled::Tree,

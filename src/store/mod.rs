@@ -21,6 +21,7 @@ pub mod gc;
 mod group_flush;
 mod listings;
 mod locks;
+mod manifest_commit;
 mod metadata;
 mod mirror;
 pub mod outbox;
@@ -73,13 +74,15 @@ pub struct Store {
     files: BlobFiles,
     uploads: uploads::Sessions,
     /// Held by every writer of a repository's metadata across its reads and its transaction.
-    locks: RepoLocks,
+    locks: Arc<RepoLocks>,
     /// Sequence number of the newest durable change event; long-polls wait on it.
     last_change: Arc<tokio::sync::watch::Sender<u64>>,
     /// The change feed's cursor bounds and its shared page (see [`changes`]).
     feed: changes::Feed,
     /// Metadata flushes, shared by writers that wait at the same time (group commit).
     flusher: Arc<group_flush::GroupFlush>,
+    /// Manifest writes queued to share one transaction (see [`manifest_commit`]).
+    commits: Arc<manifest_commit::ManifestCommits>,
     /// Local pushes and deletes are recorded in the outbox for the parent (see [`outbox`]).
     upstream: std::sync::atomic::AtomicBool,
     counters: counters::Counters,
@@ -127,16 +130,19 @@ impl Store {
             last_change.clone(),
         ));
         let feed = changes::Feed::open(&db)?;
+        let locks = Arc::new(RepoLocks::new());
+        let commits = manifest_commit::ManifestCommits::new(trees.clone(), locks.clone());
         let store = Store {
             root: root.to_owned(),
             db,
             trees,
             files,
             uploads: uploads::Sessions::new(root)?,
-            locks: RepoLocks::new(),
+            locks,
             last_change,
             feed,
             flusher,
+            commits,
             upstream: std::sync::atomic::AtomicBool::new(false),
             counters: counters::Counters::default(),
             claims: tokio::sync::RwLock::new(()),
@@ -431,12 +437,7 @@ impl Store {
             }
             Reference::Tag(_) => None,
         };
-        let mut tag = match reference {
-            Reference::Tag(t) => Some(t.clone()),
-            Reference::Digest(_) => None,
-        };
         let digest_str = digest.to_string();
-        let subject_str = parsed.subject.as_ref().map(|s| s.to_string());
         let record = ManifestRecord::encode(parsed.media_type, &bytes);
         let referrer = parsed
             .subject
@@ -452,88 +453,36 @@ impl Store {
             .transpose()
             .map_err(|e| Error::new(ErrorCode::Unknown, e.to_string()))?;
 
-        let media_code = [metadata::media_type_code(parsed.media_type)];
-        let tag_origin = if require_children {
-            evict::PUSHED_HERE
-        } else {
-            evict::SYNCED
+        let write = manifest_commit::ManifestWrite {
+            repo: repo.clone(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.clone()),
+                Reference::Digest(_) => None,
+            },
+            digest: digest_str,
+            record,
+            media_code: [metadata::media_type_code(parsed.media_type)],
+            alias,
+            referrer,
+            subject: parsed.subject.as_ref().map(|s| s.to_string()),
+            blobs: parsed.blobs.clone(),
+            children: if require_children {
+                parsed.children.clone()
+            } else {
+                Vec::new()
+            },
+            tag_use: evict::encode_use(
+                if require_children {
+                    evict::PUSHED_HERE
+                } else {
+                    evict::SYNCED
+                },
+                evict::now_secs(),
+            ),
+            upstream,
         };
-        let tag_use = evict::encode_use(tag_origin, evict::now_secs());
         let claim = self.claims.read().await;
-        let guard = self.locks.lock(repo);
-        // Mirrored content never moves a tag a local push has not yet taken upstream.
-        if !upstream {
-            if let Some(t) = &tag {
-                if self.outbox_holds(repo.as_str(), Some(t.as_str()), None)? {
-                    tag = None;
-                }
-            }
-        }
-        let t = &self.trees;
-        (&t.repos, &t.blob_links, &t.manifests, &t.manifest_links, &t.manifest_aliases, &t.tags, &t.referrers, &t.changes, &t.outbox, &t.tag_use)
-            .transaction(|(repos, blob_links, manifests, manifest_links, aliases, tags, referrers, changes, outbox_tree, tag_uses)| {
-                for blob in &parsed.blobs {
-                    if blob_links.get(key2(repo.as_str(), &blob.to_string()))?.is_none() {
-                        return abort(Error::new(
-                            ErrorCode::ManifestBlobUnknown,
-                            format!("blob {blob} referenced by the manifest is not in repository {repo}"),
-                        )
-                        .with_detail(serde_json::json!({ "digest": blob.to_string() })));
-                    }
-                }
-                for child in parsed.children.iter().filter(|_| require_children) {
-                    if !aliases::linked_in(manifest_links, aliases, repo, &child.to_string())? {
-                        return abort(Error::new(
-                            ErrorCode::ManifestChildUnknown,
-                            format!("manifest {child} referenced by the index is not in repository {repo}"),
-                        )
-                        .with_detail(serde_json::json!({ "digest": child.to_string() })));
-                    }
-                }
-                repos.insert(repo.as_str().as_bytes(), &[])?;
-                manifests.insert(digest_str.as_bytes(), record.as_slice())?;
-                let link_key = key2(repo.as_str(), &digest_str);
-                let new_in_repo = manifest_links.insert(link_key, &media_code)?.is_none();
-                if let Some(alias) = &alias {
-                    aliases.insert(key2(repo.as_str(), alias), digest_str.as_bytes())?;
-                }
-                if let Some((key, descriptor)) = &referrer {
-                    referrers.insert(key.as_slice(), descriptor.as_slice())?;
-                }
-                let mut events = Vec::new();
-                if new_in_repo {
-                    events.push((ChangeAction::Push, tag.as_ref().map(|t| t.to_string())));
-                }
-                let mut previous_digest = None;
-                if let Some(tag) = &tag {
-                    tag_uses.insert(key2(repo.as_str(), tag.as_str()), &tag_use)?;
-                    let previous = tags.insert(key2(repo.as_str(), tag.as_str()), digest_str.as_bytes())?;
-                    let moved = previous.as_deref() != Some(digest_str.as_bytes());
-                    if moved && !new_in_repo {
-                        events.push((ChangeAction::Tag, Some(tag.to_string())));
-                    }
-                    previous_digest = previous.map(|p| String::from_utf8_lossy(&p).into_owned());
-                }
-                if upstream {
-                    outbox::record(outbox_tree, repo, outbox::OutboxOp::Push {
-                        digest: digest_str.clone(),
-                        tag: tag.as_ref().map(|t| t.to_string()),
-                        previous: previous_digest,
-                    })?;
-                }
-                for (action, tag) in events {
-                    metadata::record_change(
-                        changes,
-                        repo,
-                        action,
-                        tag,
-                        &digest_str,
-                        subject_str.as_deref(),
-                    )?;
-                }
-                Ok(())
-            })?;
-        drop(guard);
+        self.commits.commit(write).await?;
         drop(claim);
         self.flush().await?;
         Ok(PutManifest {

@@ -46,7 +46,7 @@ pub struct OutboxEntry {
 
 impl OutboxEntry {
     /// Whether this entry concerns `tag` (or, with `None`, any tag) or `digest` in `repo`.
-    fn touches(&self, repo: &str, tag: Option<&str>, digest: Option<&str>) -> bool {
+    pub(super) fn touches(&self, repo: &str, tag: Option<&str>, digest: Option<&str>) -> bool {
         if self.repository != repo {
             return false;
         }
@@ -131,20 +131,26 @@ impl Store {
     }
 
     fn outbox_scan(&self, matches: impl Fn(&OutboxEntry) -> bool) -> Result<bool> {
-        if self.trees.outbox.is_empty() {
-            return Ok(false);
-        }
-        for (scanned, item) in self.trees.outbox.iter().enumerate() {
-            if scanned >= MAX_PENDING_SCAN {
-                return Ok(true);
-            }
-            let (_, v) = item?;
-            if matches(&decode(&v)?) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        scan(&self.trees.outbox, matches)
     }
+}
+
+/// Whether an entry of `outbox` matches (true too once [`MAX_PENDING_SCAN`] entries were
+/// scanned without an answer: the cautious one).
+pub(super) fn scan(outbox: &sled::Tree, matches: impl Fn(&OutboxEntry) -> bool) -> Result<bool> {
+    if outbox.is_empty() {
+        return Ok(false);
+    }
+    for (scanned, item) in outbox.iter().enumerate() {
+        if scanned >= MAX_PENDING_SCAN {
+            return Ok(true);
+        }
+        let (_, v) = item?;
+        if matches(&decode(&v)?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn decode(v: &[u8]) -> Result<OutboxEntry> {

@@ -85,7 +85,13 @@ pub fn image_exists(tag: &str) -> bool {
 /// under test (`AMD64_BINARY`; a cheap, cached docker build, no cargo run);
 /// the arm64 image, whose cross build is slow, only when it is missing (rebuild it with
 /// `scripts/build-images.sh arm64`). Panics with the script's output if the build fails.
+/// One build at a time in this process: two tests that found the arm64 image missing together
+/// built it together, and one removed the staging directory the other was filling.
 pub fn ensure_image(arch: Arch) -> String {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tag = arch.tag();
     if arch == Arch::Amd64 || !image_exists(&tag) {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-images.sh");
