@@ -56,6 +56,9 @@ type Outcome = Result<()>;
 struct Queued {
     write: ManifestWrite,
     done: tokio::sync::oneshot::Sender<Outcome>,
+    /// The writer's blob claim, released once the write is committed (or failed), not when
+    /// the writer stops waiting: garbage collection must not free what a queued write links.
+    _claim: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 pub(super) struct ManifestCommits {
@@ -94,17 +97,26 @@ impl ManifestCommits {
     }
 
     /// Commit `write` (alone or with the writes queued beside it); durable after the next
-    /// flush. The caller holds a blob claim, so nothing it links is collected meanwhile.
+    /// flush. `claim` (the store's blob claim) is held until the write is committed, so nothing
+    /// it links is collected meanwhile.
     ///
     /// A writer that finds nobody committing commits one batch itself (its own write, and
     /// any queued before it); writes still queued after that are left to a task of their own,
     /// so no writer keeps committing for others while its client waits, and a writer whose
     /// request is dropped cannot leave the queue without a committer.
-    pub async fn commit(self: &Arc<Self>, write: ManifestWrite) -> Result<()> {
+    pub async fn commit(
+        self: &Arc<Self>,
+        write: ManifestWrite,
+        claim: tokio::sync::OwnedRwLockReadGuard<()>,
+    ) -> Result<()> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         let lead = {
             let mut state = self.state();
-            state.queue.push(Queued { write, done });
+            state.queue.push(Queued {
+                write,
+                done,
+                _claim: claim,
+            });
             !std::mem::replace(&mut state.committing, true)
         };
         if lead && self.commit_next() {
@@ -332,4 +344,60 @@ fn apply(
 
 fn abort<T>(e: Error) -> std::result::Result<T, ConflictableTransactionError<Error>> {
     Err(ConflictableTransactionError::Abort(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn write(repo: &str) -> ManifestWrite {
+        ManifestWrite {
+            repo: repo.parse().unwrap(),
+            tag: None,
+            digest: Digest::sha256_of(b"{}").to_string(),
+            record: b"{}".to_vec(),
+            media_code: [0],
+            alias: None,
+            referrer: None,
+            subject: None,
+            blobs: Vec::new(),
+            children: Vec::new(),
+            tag_use: [0; 9],
+            upstream: false,
+        }
+    }
+
+    /// A writer whose request is dropped while its write waits in the queue: the write keeps
+    /// its blob claim (garbage collection cannot take the store) until it is committed.
+    #[tokio::test]
+    async fn a_queued_write_keeps_its_claim_after_its_writer_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // A committer is at work, so the next write queues.
+        store.commits.state().committing = true;
+        let claim = store.claims.clone().read_owned().await;
+        let commits = store.commits.clone();
+        let writer = tokio::spawn(async move { commits.commit(write("a/b"), claim).await });
+        while store.commits.state().queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+        assert!(
+            store.claims.try_write().is_err(),
+            "the queued write's claim went with its writer"
+        );
+        // The committer takes the queue, commits it and steps down.
+        assert!(!store.commits.commit_next());
+        assert!(store.claims.try_write().is_ok());
+        assert!(!store.commits.state().committing);
+        let digest = Digest::sha256_of(b"{}").to_string();
+        assert!(store
+            .trees
+            .manifests
+            .get(digest.as_bytes())
+            .unwrap()
+            .is_some());
+    }
 }

@@ -89,7 +89,7 @@ pub struct Store {
     /// Shared by every writer across its blob file commit and the transaction that links it
     /// (or the manifest transaction); exclusive while garbage collection or eviction decides
     /// which blob files and manifest records nothing links, so none is deleted as it is linked.
-    claims: tokio::sync::RwLock<()>,
+    claims: Arc<tokio::sync::RwLock<()>>,
     storage_limits: std::sync::RwLock<crate::config::StorageLimits>,
     has_parent: AtomicBool,
     /// Bytes the blob files take (see [`usage`]).
@@ -145,7 +145,7 @@ impl Store {
             commits,
             upstream: std::sync::atomic::AtomicBool::new(false),
             counters: counters::Counters::default(),
-            claims: tokio::sync::RwLock::new(()),
+            claims: Arc::new(tokio::sync::RwLock::new(())),
             storage_limits: std::sync::RwLock::new(Default::default()),
             has_parent: AtomicBool::new(false),
             used: AtomicU64::new(0),
@@ -481,9 +481,10 @@ impl Store {
             ),
             upstream,
         };
-        let claim = self.claims.read().await;
-        self.commits.commit(write).await?;
-        drop(claim);
+        // Held until the write is committed, even if this request is dropped while it waits
+        // in the queue: the blobs it links stay claimed.
+        let claim = self.claims.clone().read_owned().await;
+        self.commits.commit(write, claim).await?;
         self.flush().await?;
         Ok(PutManifest {
             digest: match reference {
