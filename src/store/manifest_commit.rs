@@ -23,7 +23,7 @@ use sled::Transactional;
 
 use super::locks::RepoLocks;
 use super::metadata::{self, key2, Trees};
-use super::{aliases, outbox, ChangeAction};
+use super::{abort, aliases, outbox, ChangeAction};
 use crate::oci::{Digest, Error, ErrorCode, RepositoryName, Result, Tag};
 
 /// At most this many writes go into one transaction; the rest wait for the next.
@@ -100,8 +100,8 @@ impl ManifestCommits {
     /// flush. `claim` (the store's blob claim) is held until the write is committed, so nothing
     /// it links is collected meanwhile.
     ///
-    /// A writer that finds nobody committing commits one batch itself (its own write, and
-    /// any queued before it); writes still queued after that are left to a task of their own,
+    /// A writer that finds nobody committing commits its own write itself (the queue is empty
+    /// whenever nobody commits); writes queued meanwhile are left to a task of their own,
     /// so no writer keeps committing for others while its client waits, and a writer whose
     /// request is dropped cannot leave the queue without a committer.
     pub async fn commit(
@@ -340,10 +340,6 @@ fn apply(
         metadata::record_change(changes, repo, action, tag, &w.digest, w.subject.as_deref())?;
     }
     Ok(())
-}
-
-fn abort<T>(e: Error) -> std::result::Result<T, ConflictableTransactionError<Error>> {
-    Err(ConflictableTransactionError::Abort(e))
 }
 
 #[cfg(test)]
