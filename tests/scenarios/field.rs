@@ -98,9 +98,12 @@ impl NodeContainer {
         self.wait_ready();
     }
 
+    /// Wait for `/readyz`, not `/healthz`: a module serves before its twin arrives and
+    /// refuses every credential until then, so "alive" is not yet "lets the admin in" (a
+    /// status read right after `/healthz` once met 401 in CI).
     pub fn wait_ready(&self) {
         self.container.wait_http(
-            &format!("{}/healthz", self.admin.base),
+            &format!("{}/readyz", self.admin.base),
             &[200],
             START_TIMEOUT,
         );
