@@ -6,6 +6,7 @@
 #   SKIP_BUILD=1 ./bench/scale.sh
 #   CHILDREN="1000 10000" RATE=100 ./bench/scale.sh
 #   BENCH_OUT=scale.json ./bench/scale.sh  # also write every run's JSON
+#   ROOT_CPUS=0 LOAD_CPUS=1 ./bench/scale.sh   # root and children each on their own vCPU (taskset)
 #
 # For each count in CHILDREN (default: 1250 2500 5000 10000, then 1000 — the doubling series is
 # the cost table) a fresh root starts (`serve` on loopback, anonymous, a temp data dir) and
@@ -16,6 +17,9 @@
 # and for RATE pushes per second over RATE_SECONDS from PUSHERS (8) connections at once. With
 # STATUS=1 the largest count runs once more with every child also activated and reporting its
 # status every 30 s.
+#
+# On one machine the simulated children compete with the root for the CPU; ROOT_CPUS and
+# LOAD_CPUS (taskset lists) give each its own, as a root serving real children elsewhere has.
 #
 # The open-files limit is raised to the hard limit (root and client both need one descriptor per
 # child). Needs: cargo (unless SKIP_BUILD=1), python3. Run on an idle machine, never in CI.
@@ -33,6 +37,13 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 OURS_BIN=${OURS_BIN:-$TARGET/release/connected-registry}
 LOAD_BIN=${LOAD_BIN:-$TARGET/release/examples/feed-load}
+
+ROOT_CPUS=${ROOT_CPUS:-}
+LOAD_CPUS=${LOAD_CPUS:-}
+# taskset execs the command, so $! stays the root's own pid.
+ROOT_PIN=() LOAD_PIN=()
+[[ -n $ROOT_CPUS ]] && ROOT_PIN=(taskset -c "$ROOT_CPUS")
+[[ -n $LOAD_CPUS ]] && LOAD_PIN=(taskset -c "$LOAD_CPUS")
 
 log() { echo "scale: $*" >&2; }
 die() { echo "scale: error: $*" >&2; exit 1; }
@@ -61,14 +72,14 @@ run_one() {
     local port
     port=$(free_port)
     rm -rf "$WORK/data"
-    "$OURS_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" >"$WORK/$name.log" 2>&1 &
+    "${ROOT_PIN[@]}" "$OURS_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" >"$WORK/$name.log" 2>&1 &
     ROOT_PID=$!
     for _ in $(seq 100); do
         curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
         sleep 0.1
     done
     log "$name: $children children"
-    "$LOAD_BIN" --addr "127.0.0.1:$port" --children "$children" --pid "$ROOT_PID" \
+    "${LOAD_PIN[@]}" "$LOAD_BIN" --addr "127.0.0.1:$port" --children "$children" --pid "$ROOT_PID" \
         --pushes "$PUSHES" --idle-seconds "$IDLE_SECONDS" "$@" >"$WORK/$name.json" 2>"$WORK/$name.err" ||
         { cat "$WORK/$name.err" >&2; die "feed-load failed for $name"; }
     kill "$ROOT_PID"
@@ -78,6 +89,7 @@ run_one() {
 
 echo "machine: $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
 echo "ours:    $("$OURS_BIN" --version 2>/dev/null || echo "$OURS_BIN")"
+echo "CPUs:    root ${ROOT_CPUS:-any}, children ${LOAD_CPUS:-any}"
 NAMES=()
 for n in $CHILDREN; do
     run_one "feed-$n" "$n" --rate "$RATE" --rate-seconds "$RATE_SECONDS" --pushers "$PUSHERS"
