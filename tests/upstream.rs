@@ -404,3 +404,141 @@ fn a_slow_paced_upload_reaches_the_parent_however_long_it_takes() {
         status(&child.base())
     );
 }
+
+/// The bytes of `PATCH` bodies the proxy saw, by where each chunk started (its
+/// `Content-Range`), in order.
+fn chunk_starts(proxy: &common::proxy::Proxy) -> Vec<u64> {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .filter_map(|r| r.header("content-range")?.split('-').next()?.parse().ok())
+        .collect()
+}
+
+/// A big blob goes up in chunks, and a kill -9 of the child midway loses only the cut part: the
+/// restarted child asks the parent (a connected registry) where the session stands and sends
+/// the rest from there, not the blob again from its first byte.
+#[test]
+fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
+    use common::proxy::Proxy;
+    const LAYER: usize = 80 << 20;
+    let root = Registry::start();
+    let proxy = Proxy::start(root.port);
+    let mut child = Node::with_config(json!({
+        "name": "shipnode5", "mode": "ReadWrite",
+        "parent": {"endpoint": proxy.endpoint(),
+                   "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16MiB/s"}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &child.base()
+    )["activation"]["status"]
+        == "Active"));
+    let big = Image::new("linux/amd64", &[random_bytes(95, LAYER)]);
+    push_image(&child.base(), "apps/resume", "v1", &big);
+    // Past the first chunk (32 MiB) and into the second, then killed.
+    assert!(
+        wait_until(Duration::from_secs(60), || proxy.bytes_to_server()
+            >= 40 << 20),
+        "the upload did not start: {}",
+        status(&child.base())
+    );
+    child.kill9();
+    let before_kill = proxy.bytes_to_server();
+    assert!(
+        before_kill < (LAYER as u64),
+        "the whole layer went up before the kill"
+    );
+    proxy.clear_requests();
+    child.restart();
+    assert!(
+        wait_until(Duration::from_secs(90), || manifest_digest(
+            &root.url(""),
+            "apps/resume",
+            "v1"
+        ) == Some(big.digest.clone())),
+        "the image never reached the parent: {}",
+        status(&child.base())
+    );
+    assert_serves(&root.url(""), "apps/resume", "v1", &big, None);
+    // After the restart: where the session stands was asked, and the chunks went on from
+    // there (no chunk from byte 0, and far less than the layer sent again).
+    let requests = proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "GET" && r.path().contains("/blobs/uploads/")),
+        "the session's state was not asked for: {:?}",
+        proxy.request_lines()
+    );
+    let starts = chunk_starts(&proxy);
+    assert!(
+        !starts.is_empty() && starts.iter().all(|&s| s >= 32 << 20),
+        "chunks after the restart started at {starts:?}"
+    );
+    let after = proxy.bytes_to_server() - before_kill;
+    assert!(
+        after < (LAYER as u64) - (24 << 20),
+        "{after} bytes went to the parent after the restart (layer {LAYER}, {before_kill} before the kill)"
+    );
+    // Resumed, not replaced by a new session.
+    assert!(
+        !child.reg.log_text().contains("starting a new one"),
+        "the session was not resumed:\n{}",
+        child.reg.log_text()
+    );
+}
+
+/// The same chunked upload against distribution: the blob arrives whole (digest checked by
+/// the parent), and a kill -9 midway still ends with everything there — resumed where
+/// distribution kept the session, or in a fresh session where it cancelled it.
+#[test]
+fn a_chunked_upload_to_distribution_arrives_whole_through_a_kill_9() {
+    use common::peers::Distribution;
+    use common::proxy::Proxy;
+    const LAYER: usize = 72 << 20;
+    let parent = Distribution::start();
+    let proxy = Proxy::start(parent.port);
+    let mut child = Node::with_config(json!({
+        "name": "shipnode6", "mode": "ReadWrite",
+        "parent": {"endpoint": proxy.endpoint(),
+                   "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16MiB/s"}}
+    }));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &child.base()
+    )["activation"]["status"]
+        == "Active"));
+    let big = Image::new("linux/amd64", &[random_bytes(96, LAYER)]);
+    push_image(&child.base(), "apps/chunked", "v1", &big);
+    assert!(
+        wait_until(Duration::from_secs(60), || proxy.bytes_to_server()
+            >= 40 << 20),
+        "the upload did not start: {}",
+        status(&child.base())
+    );
+    child.kill9();
+    child.restart();
+    assert!(
+        wait_until(Duration::from_secs(90), || manifest_digest(
+            &parent.url(),
+            "apps/chunked",
+            "v1"
+        ) == Some(big.digest.clone())),
+        "the image never reached the parent: {}",
+        status(&child.base())
+    );
+    assert_serves(&parent.url(), "apps/chunked", "v1", &big, None);
+    assert!(
+        wait_until(Duration::from_secs(20), || upstream(&child.base())
+            ["pending"]
+            == 0),
+        "{}",
+        status(&child.base())
+    );
+    // It went up in chunks: 32 MiB each, the first from byte 0.
+    let starts = chunk_starts(&proxy);
+    assert!(
+        starts.contains(&0) && starts.contains(&(32 << 20)),
+        "chunks started at {starts:?}"
+    );
+}

@@ -187,4 +187,12 @@ impl Store {
         self.trees.sync_state.insert(key, value)?;
         self.flush().await
     }
+
+    /// Forget `key` (durably, if it was there).
+    pub async fn remove_sync_state(&self, key: &str) -> Result<()> {
+        if self.trees.sync_state.remove(key)?.is_some() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
 }

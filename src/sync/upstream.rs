@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::client::{Deleted, SyncError};
+use super::client::{Deleted, SyncError, UploadSession};
 use super::engine::SyncEngine;
 use crate::oci::manifest::ParsedManifest;
 use crate::oci::{Digest, RepositoryName};
@@ -248,14 +248,17 @@ async fn push_tree(
             continue;
         }
         for blob in &parsed.blobs {
+            let session = KeptSession::new(store, repo, blob);
             if client.blob_exists(repo.as_str(), blob).await? {
+                // A session kept by an attempt that finished without forgetting it.
+                session.save(None).await?;
                 continue;
             }
             let size = store.blob_size(repo, blob)?.ok_or_else(|| {
                 SyncError::Protocol(format!("blob {blob} of {repo}@{d} is missing here"))
             })?;
             client
-                .upload_blob(repo.as_str(), blob, &store.blob_file(blob), size)
+                .upload_blob(repo.as_str(), blob, &store.blob_file(blob), size, &session)
                 .await?;
         }
         client
@@ -268,4 +271,40 @@ async fn push_tree(
             .await?;
     }
     Ok(true)
+}
+
+/// A blob's upload session at the parent, kept in the store's sync state under
+/// `upstream-upload/<repository>@<digest>` so that an upload cut off (or a node killed) midway
+/// resumes where the parent says it stands.
+struct KeptSession<'a> {
+    store: &'a crate::store::Store,
+    key: String,
+}
+
+impl<'a> KeptSession<'a> {
+    fn new(store: &'a crate::store::Store, repo: &RepositoryName, blob: &Digest) -> Self {
+        KeptSession {
+            store,
+            key: format!("upstream-upload/{repo}@{blob}"),
+        }
+    }
+}
+
+impl UploadSession for KeptSession<'_> {
+    fn saved(&self) -> Option<String> {
+        let bytes = self.store.sync_state(&self.key).ok()??;
+        String::from_utf8(bytes).ok()
+    }
+
+    async fn save(&self, location: Option<&str>) -> Result<(), SyncError> {
+        match location {
+            Some(location) => {
+                self.store
+                    .set_sync_state(&self.key, location.as_bytes())
+                    .await
+            }
+            None => self.store.remove_sync_state(&self.key).await,
+        }
+        .map_err(SyncError::from)
+    }
 }

@@ -156,8 +156,9 @@ pub fn crashes(f: &mut Figures) {
     assert_eq!(pulled.as_deref(), Some(made_here.digest.as_str()));
 
     // … and killed in the middle of sending a big layer up (the top holds part of it in an
-    // upload session): after the restart the outbox sends it again, whole, and it reaches the
-    // root; the top never serves a half-received tag (the watcher verifies every pull).
+    // upload session): after the restart the lower asks the top where that session stands and
+    // sends the rest, and it reaches the root; the top never serves a half-received tag (the
+    // watcher verifies every pull).
     let (big_here, _) = push_big(lower, "apps/bigfromlower", "v1", 4_300, mib);
     let watcher = Watcher::start(
         vec![root.clone(), top.clone()],

@@ -43,7 +43,8 @@ pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
 pub use feed::ChangesPage;
 pub use gateway::GatewayAnswer;
 pub use listing::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
-pub use upload::Deleted;
+use upload::FileBody;
+pub use upload::{Deleted, UploadSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -204,8 +205,8 @@ struct Req {
     /// A small body sent whole with each attempt (node-to-node JSON, a manifest); blobs
     /// never go here.
     body: Option<Bytes>,
-    /// A blob body: this file (of this many bytes), streamed afresh for each attempt.
-    file_body: Option<(std::path::PathBuf, u64)>,
+    /// A blob body: a piece of a file, streamed afresh for each attempt.
+    file_body: Option<FileBody>,
 }
 
 impl Req {
@@ -439,13 +440,13 @@ impl ParentClient {
                 builder = builder.body(body.clone());
             }
             let mut upload = None;
-            if let Some((path, size)) = &req.file_body {
+            if let Some(file) = &req.file_body {
                 let sent = upload::Sent::default();
-                let body = upload::file_body(path, self.limiter.clone(), sent.clone()).await?;
+                let body = upload::file_body(file, self.limiter.clone(), sent.clone()).await?;
                 builder = builder
-                    .header(header::CONTENT_LENGTH, size.to_string())
+                    .header(header::CONTENT_LENGTH, file.len.to_string())
                     .body(body);
-                upload = Some((sent, *size));
+                upload = Some((sent, file.len));
             }
             builder = match auth {
                 Auth::Bearer(token) => builder.bearer_auth(token),

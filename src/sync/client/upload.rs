@@ -4,6 +4,14 @@
 //! every pull. A blob body is re-opened from its file for every attempt, never held in memory,
 //! paced by the bandwidth limit like downloads, and judged by its progress rather than by one
 //! deadline for the whole request.
+//!
+//! A big blob goes up in chunks (`PATCH` with `Content-Range`) in a session whose URL the
+//! caller keeps durably ([`UploadSession`]): an attempt cut off by the link or by a kill -9
+//! resumes where the parent says the session stands (`GET` on it: `Range: 0-N`) instead of
+//! sending the blob again from its first byte, which on a slow link is the difference between
+//! minutes and hours. A connected-registry parent keeps what arrived of a cut chunk; a parent
+//! that drops a session (distribution cancels one resumed at an unexpected offset) gets a fresh
+//! one.
 
 use std::future::Future;
 use std::path::Path;
@@ -28,8 +36,61 @@ pub enum Deleted {
     Refused(String),
 }
 
+/// Blobs larger than this go up in chunks, in a session a later attempt resumes; smaller ones
+/// in one `PUT` (one request fewer, and little to lose).
+pub const CHUNKED_UPLOAD_ABOVE: u64 = 32 << 20;
+/// The size of one chunk (the last may be smaller).
+pub const UPLOAD_CHUNK: u64 = 32 << 20;
+/// Fresh sessions one upload may start after the parent lost or refused the one in use; after
+/// that the blob goes in one `PUT`.
+const SESSION_RESTARTS: u32 = 2;
+
+/// Where a blob's chunked upload session is kept between attempts and across restarts (the
+/// store's sync state, for the upstream pusher).
+pub trait UploadSession {
+    /// The session URL an earlier attempt left, if any.
+    fn saved(&self) -> Option<String>;
+    /// Keep `location` durably as the session to resume (`None`: there is none).
+    fn save(&self, location: Option<&str>) -> impl Future<Output = Result<(), SyncError>> + Send;
+}
+
+/// `len` bytes of the file at `path` from byte `start`: the body of a blob upload or chunk.
+#[derive(Clone)]
+pub(super) struct FileBody {
+    pub path: std::path::PathBuf,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// How the parent took one chunk.
+enum Chunk {
+    /// The session now ends at this offset, to be continued at this URL.
+    Took(Url, u64),
+    /// The parent no longer has the session, or refused to go on with it.
+    Lost,
+}
+
 fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
+}
+
+/// The offset after the last byte a session's `Range: 0-N` (or `bytes=0-N`) header names;
+/// `None` without one. "0-0" is read as nothing received yet (it is ambiguous: some registries
+/// send it for an empty session), so a session holding one byte resumes from zero and is
+/// corrected by the parent's answer.
+fn range_end(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let value = headers.get(header::RANGE)?.to_str().ok()?;
+    let value = value.strip_prefix("bytes=").unwrap_or(value);
+    let (first, last) = value.split_once('-')?;
+    let (first, last) = (
+        first.trim().parse::<u64>().ok()?,
+        last.trim().parse::<u64>().ok()?,
+    );
+    match (first, last) {
+        (0, 0) => Some(0),
+        (0, last) => last.checked_add(1),
+        _ => None,
+    }
 }
 
 impl ParentClient {
@@ -48,15 +109,61 @@ impl ParentClient {
         }
     }
 
-    /// Upload the blob in `file` (`size` bytes) as `digest`: `POST` a session, then one `PUT`
-    /// with the whole body streamed from the file.
+    /// Upload the blob in `file` (`size` bytes) as `digest`: up to [`CHUNKED_UPLOAD_ABOVE`],
+    /// `POST` a session and one `PUT` with the whole body; above it, in chunks, resuming the
+    /// session `session` kept from an earlier attempt if the parent still has it.
     pub async fn upload_blob(
         &self,
         repo: &str,
         digest: &Digest,
         file: &Path,
         size: u64,
+        session: &impl UploadSession,
     ) -> Result<(), SyncError> {
+        if size <= CHUNKED_UPLOAD_ABOVE {
+            let url = self.start_upload(repo).await?;
+            return self.finish_upload(repo, url, digest, file, 0, size).await;
+        }
+        let (mut url, mut offset) = match self.resume_upload(repo, session).await? {
+            Some(position) => position,
+            None => self.fresh_upload(repo, session).await?,
+        };
+        let mut restarts = 0;
+        while offset < size {
+            let end = offset.saturating_add(UPLOAD_CHUNK).min(size);
+            match self.upload_chunk(repo, &url, file, offset, end).await? {
+                Chunk::Took(next, at) if at > offset && at <= size => {
+                    if next != url {
+                        session.save(Some(next.as_str())).await?;
+                    }
+                    (url, offset) = (next, at);
+                }
+                Chunk::Took(_, at) if at > size => {
+                    return Err(SyncError::Protocol(format!(
+                        "the parent says the upload of {digest} holds {at} bytes, more than its {size}"
+                    )));
+                }
+                // No progress (the parent holds a byte it reported as "0-0"), or no session.
+                Chunk::Took(..) | Chunk::Lost => {
+                    restarts += 1;
+                    if restarts > SESSION_RESTARTS {
+                        // A parent that will not take chunks still takes the blob whole.
+                        tracing::warn!(%digest, "the parent keeps refusing chunks; sending the blob in one PUT");
+                        session.save(None).await?;
+                        let url = self.start_upload(repo).await?;
+                        return self.finish_upload(repo, url, digest, file, 0, size).await;
+                    }
+                    tracing::info!(%digest, "the parent has no usable upload session; starting a new one");
+                    (url, offset) = self.fresh_upload(repo, session).await?;
+                }
+            }
+        }
+        self.finish_upload(repo, url, digest, file, size, 0).await?;
+        session.save(None).await
+    }
+
+    /// `POST` a new upload session; its URL.
+    async fn start_upload(&self, repo: &str) -> Result<Url, SyncError> {
         let start = Req::new(
             Method::POST,
             self.url(&format!("/v2/{repo}/blobs/uploads/"))?,
@@ -66,27 +173,147 @@ impl ParentClient {
         if f.status != StatusCode::ACCEPTED {
             return Err(unexpected(&start, &f));
         }
-        let location = f
-            .headers
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                SyncError::Protocol(format!("{} answered no Location", start.describe()))
-            })?;
-        let mut url = start.url.join(location).map_err(|e| {
-            SyncError::Protocol(format!("invalid upload Location {location:?}: {e}"))
-        })?;
-        self.same_origin(&url)?;
+        self.session_location(&start, &f.headers)?.ok_or_else(|| {
+            SyncError::Protocol(format!("{} answered no Location", start.describe()))
+        })
+    }
+
+    /// A new session, kept in `session` before anything is sent to it.
+    async fn fresh_upload(
+        &self,
+        repo: &str,
+        session: &impl UploadSession,
+    ) -> Result<(Url, u64), SyncError> {
+        let url = self.start_upload(repo).await?;
+        session.save(Some(url.as_str())).await?;
+        Ok((url, 0))
+    }
+
+    /// Where the kept session stands at the parent (its URL to go on with and the offset of
+    /// the next byte); `None` (and nothing kept) when there is none or the parent lost it.
+    async fn resume_upload(
+        &self,
+        repo: &str,
+        session: &impl UploadSession,
+    ) -> Result<Option<(Url, u64)>, SyncError> {
+        let Some(saved) = session.saved() else {
+            return Ok(None);
+        };
+        let url = match Url::parse(&saved) {
+            Ok(url) if self.same_origin(&url).is_ok() => url,
+            // Kept for another parent (the endpoint changed), or not a URL.
+            _ => {
+                session.save(None).await?;
+                return Ok(None);
+            }
+        };
+        let status = Req::new(Method::GET, url, push_scope(repo));
+        let f = self.fetch(&status, MAX_JSON_BYTES).await?;
+        if f.status != StatusCode::NO_CONTENT && f.status != StatusCode::OK {
+            tracing::info!(status = %f.status, "the parent no longer has the upload session; starting a new one");
+            session.save(None).await?;
+            return Ok(None);
+        }
+        let url = self
+            .session_location(&status, &f.headers)?
+            .unwrap_or(status.url);
+        let offset = range_end(&f.headers).unwrap_or(0);
+        tracing::info!(offset, "resuming an upload to the parent");
+        Ok(Some((url, offset)))
+    }
+
+    /// `PATCH` bytes `start..end` of `file` into the session at `url`.
+    async fn upload_chunk(
+        &self,
+        repo: &str,
+        url: &Url,
+        file: &Path,
+        start: u64,
+        end: u64,
+    ) -> Result<Chunk, SyncError> {
+        let mut patch = Req::new(Method::PATCH, url.clone(), push_scope(repo))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_RANGE, &format!("{start}-{}", end - 1));
+        patch.file_body = Some(FileBody {
+            path: file.to_owned(),
+            start,
+            len: end - start,
+        });
+        let f = self.fetch(&patch, MAX_JSON_BYTES).await?;
+        match f.status {
+            // Taken; or (416) not where the chunk starts, and the answer says where it is.
+            StatusCode::ACCEPTED | StatusCode::RANGE_NOT_SATISFIABLE => {
+                let next = self
+                    .session_location(&patch, &f.headers)?
+                    .unwrap_or_else(|| url.clone());
+                match range_end(&f.headers) {
+                    Some(at) => Ok(Chunk::Took(next, at)),
+                    None if f.status == StatusCode::ACCEPTED => Ok(Chunk::Took(next, end)),
+                    None => Ok(Chunk::Lost),
+                }
+            }
+            // The session is gone, or was cancelled (distribution: resumed at an offset it
+            // did not expect).
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => {
+                tracing::info!(status = %f.status, "the parent refused a chunk: {}", String::from_utf8_lossy(&f.body));
+                Ok(Chunk::Lost)
+            }
+            _ => Err(unexpected(&patch, &f)),
+        }
+    }
+
+    /// The closing `PUT …?digest=` of the session at `url`, with `len` bytes of `file` from
+    /// `start` as its body (all of a small blob; nothing after chunks).
+    async fn finish_upload(
+        &self,
+        repo: &str,
+        mut url: Url,
+        digest: &Digest,
+        file: &Path,
+        start: u64,
+        len: u64,
+    ) -> Result<(), SyncError> {
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let mut put = Req::new(Method::PUT, url, push_scope(repo))
             .header(header::CONTENT_TYPE, "application/octet-stream");
-        put.file_body = Some((file.to_owned(), size));
+        if len > 0 {
+            put.file_body = Some(FileBody {
+                path: file.to_owned(),
+                start,
+                len,
+            });
+        } else {
+            put.body = Some(Bytes::new());
+        }
         let f = self.fetch(&put, MAX_JSON_BYTES).await?;
         if f.status != StatusCode::CREATED {
             return Err(unexpected(&put, &f));
         }
         Ok(())
+    }
+
+    /// The session URL an answer names in `Location` (relative to the request), if any; one
+    /// that leaves the parent is refused.
+    fn session_location(
+        &self,
+        req: &Req,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<Option<Url>, SyncError> {
+        let Some(location) = headers.get(LOCATION) else {
+            return Ok(None);
+        };
+        let location = location.to_str().map_err(|_| {
+            SyncError::Protocol(format!(
+                "{} answered an unreadable Location",
+                req.describe()
+            ))
+        })?;
+        let url = req.url.join(location).map_err(|e| {
+            SyncError::Protocol(format!("invalid upload Location {location:?}: {e}"))
+        })?;
+        self.same_origin(&url)?;
+        Ok(Some(url))
     }
 
     /// `PUT` a manifest under `reference` (a tag or its digest).
@@ -162,21 +389,24 @@ impl Sent {
     }
 }
 
-/// A streaming request body reading `path` in pieces of up to 256 KiB, paced by the node's
-/// bandwidth limit (shared with downloads: `bandwidthLimit` bounds the link both ways; pieces
-/// are then a quarter second's worth, so progress shows steadily), counting what it hands over
-/// in `sent`.
+/// A streaming request body reading the piece `body` names in pieces of up to 256 KiB, paced
+/// by the node's bandwidth limit (shared with downloads: `bandwidthLimit` bounds the link both
+/// ways; pieces are then a quarter second's worth, so progress shows steadily), counting what
+/// it hands over in `sent`.
 pub(super) async fn file_body(
-    path: &Path,
+    body: &FileBody,
     limiter: Option<Arc<Limiter>>,
     sent: Sent,
 ) -> Result<reqwest::Body, SyncError> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path)
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let path = &body.path;
+    let disk = |e: std::io::Error| SyncError::Disk(format!("reading {}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(disk)?;
+    file.seek(std::io::SeekFrom::Start(body.start))
         .await
-        .map_err(|e| SyncError::Disk(format!("opening {}: {e}", path.display())))?;
+        .map_err(disk)?;
     let piece = limiter.as_ref().map_or(MAX_UPLOAD_PIECE, |l| l.piece());
-    let state = (file, limiter, sent, 0u64);
+    let state = (file.take(body.len), limiter, sent, 0u64);
     let chunks = futures_util::stream::try_unfold(
         state,
         move |(mut file, limiter, sent, carry)| async move {
@@ -230,6 +460,31 @@ pub(super) async fn answer_to_upload<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(value: &str) -> Option<u64> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(header::RANGE, value.parse().unwrap());
+        range_end(&headers)
+    }
+
+    #[test]
+    fn a_session_range_names_the_next_offset() {
+        assert_eq!(range("0-1048575"), Some(1 << 20));
+        assert_eq!(range("bytes=0-99"), Some(100));
+        // Ambiguous (empty, or one byte): read as empty; the parent's answer corrects it.
+        assert_eq!(range("0-0"), Some(0));
+        for bad in [
+            "5-10",
+            "0-",
+            "-5",
+            "0-x",
+            "nonsense",
+            "0-18446744073709551615",
+        ] {
+            assert_eq!(range(bad), None, "{bad}");
+        }
+        assert_eq!(range_end(&reqwest::header::HeaderMap::new()), None);
+    }
 
     /// A body sent at `rate` bytes a second (in 1 KiB steps), then the answer `answer_after`
     /// later.
