@@ -416,15 +416,17 @@ fn chunk_starts(proxy: &common::proxy::Proxy) -> Vec<u64> {
         .collect()
 }
 
-/// A big blob goes up in chunks, and a kill -9 of the child midway loses only the cut part: the
-/// restarted child asks the parent (a connected registry) where the session stands and sends
-/// the rest from there, not the blob again from its first byte.
-#[test]
-fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
-    use common::proxy::Proxy;
-    const LAYER: usize = 80 << 20;
-    let root = Registry::start();
-    let proxy = Proxy::start(root.port);
+/// A ReadWrite child of the parent on `parent_port` (through a proxy) pushes a one-layer image
+/// of `layer` bytes to `repo:v1`, is killed (-9) once 40 MiB of it went up (past the first
+/// 32 MiB chunk), and restarted with the proxy's request log cleared; returns once the parent at
+/// `parent_url` serves the image, with the bytes that went up before the kill.
+fn push_killed_mid_upload(
+    parent_port: u16,
+    parent_url: &str,
+    repo: &str,
+    layer: usize,
+) -> (Node, common::proxy::Proxy, Image, u64) {
+    let proxy = common::proxy::Proxy::start(parent_port);
     let mut child = Node::with_config(json!({
         "name": "shipnode5", "mode": "ReadWrite",
         "parent": {"endpoint": proxy.endpoint(),
@@ -434,9 +436,8 @@ fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
         &child.base()
     )["activation"]["status"]
         == "Active"));
-    let big = Image::new("linux/amd64", &[random_bytes(95, LAYER)]);
-    push_image(&child.base(), "apps/resume", "v1", &big);
-    // Past the first chunk (32 MiB) and into the second, then killed.
+    let big = Image::new("linux/amd64", &[random_bytes(95, layer)]);
+    push_image(&child.base(), repo, "v1", &big);
     assert!(
         wait_until(Duration::from_secs(60), || proxy.bytes_to_server()
             >= 40 << 20),
@@ -446,26 +447,36 @@ fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
     child.kill9();
     let before_kill = proxy.bytes_to_server();
     assert!(
-        before_kill < (LAYER as u64),
+        before_kill < layer as u64,
         "the whole layer went up before the kill"
     );
     proxy.clear_requests();
     child.restart();
     assert!(
         wait_until(Duration::from_secs(90), || manifest_digest(
-            &root.url(""),
-            "apps/resume",
-            "v1"
+            parent_url, repo, "v1"
         ) == Some(big.digest.clone())),
         "the image never reached the parent: {}",
         status(&child.base())
     );
-    assert_serves(&root.url(""), "apps/resume", "v1", &big, None);
+    assert_serves(parent_url, repo, "v1", &big, None);
+    (child, proxy, big, before_kill)
+}
+
+/// A big blob goes up in chunks, and a kill -9 of the child midway loses only the cut part: the
+/// restarted child asks the parent (a connected registry) where the session stands and sends
+/// the rest from there, not the blob again from its first byte.
+#[test]
+fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
+    const LAYER: usize = 80 << 20;
+    let root = Registry::start();
+    let (child, proxy, _, before_kill) =
+        push_killed_mid_upload(root.port, &root.url(""), "apps/resume", LAYER);
     // After the restart: where the session stands was asked, and the chunks went on from
     // there (no chunk from byte 0, and far less than the layer sent again).
-    let requests = proxy.requests();
     assert!(
-        requests
+        proxy
+            .requests()
             .iter()
             .any(|r| r.method == "GET" && r.path().contains("/blobs/uploads/")),
         "the session's state was not asked for: {:?}",
@@ -494,40 +505,9 @@ fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
 /// distribution kept the session, or in a fresh session where it cancelled it.
 #[test]
 fn a_chunked_upload_to_distribution_arrives_whole_through_a_kill_9() {
-    use common::peers::Distribution;
-    use common::proxy::Proxy;
-    const LAYER: usize = 72 << 20;
-    let parent = Distribution::start();
-    let proxy = Proxy::start(parent.port);
-    let mut child = Node::with_config(json!({
-        "name": "shipnode6", "mode": "ReadWrite",
-        "parent": {"endpoint": proxy.endpoint(),
-                   "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16MiB/s"}}
-    }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &child.base()
-    )["activation"]["status"]
-        == "Active"));
-    let big = Image::new("linux/amd64", &[random_bytes(96, LAYER)]);
-    push_image(&child.base(), "apps/chunked", "v1", &big);
-    assert!(
-        wait_until(Duration::from_secs(60), || proxy.bytes_to_server()
-            >= 40 << 20),
-        "the upload did not start: {}",
-        status(&child.base())
-    );
-    child.kill9();
-    child.restart();
-    assert!(
-        wait_until(Duration::from_secs(90), || manifest_digest(
-            &parent.url(),
-            "apps/chunked",
-            "v1"
-        ) == Some(big.digest.clone())),
-        "the image never reached the parent: {}",
-        status(&child.base())
-    );
-    assert_serves(&parent.url(), "apps/chunked", "v1", &big, None);
+    let parent = common::peers::Distribution::start();
+    let (child, proxy, _, _) =
+        push_killed_mid_upload(parent.port, &parent.url(), "apps/chunked", 72 << 20);
     assert!(
         wait_until(Duration::from_secs(20), || upstream(&child.base())
             ["pending"]
@@ -535,7 +515,8 @@ fn a_chunked_upload_to_distribution_arrives_whole_through_a_kill_9() {
         "{}",
         status(&child.base())
     );
-    // It went up in chunks: 32 MiB each, the first from byte 0.
+    // After the restart it went up in chunks of 32 MiB: distribution cancels a session
+    // resumed after a cut chunk, so a fresh one starts from byte 0.
     let starts = chunk_starts(&proxy);
     assert!(
         starts.contains(&0) && starts.contains(&(32 << 20)),
