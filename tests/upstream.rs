@@ -488,6 +488,12 @@ fn an_upload_cut_by_a_kill_9_resumes_where_the_parent_says_it_stands() {
         "chunks after the restart started at {starts:?}"
     );
     let after = proxy.bytes_to_server() - before_kill;
+    eprintln!(
+        "to the parent: {} MiB before the kill, {} MiB after the restart (layer {} MiB)",
+        before_kill >> 20,
+        after >> 20,
+        LAYER >> 20
+    );
     assert!(
         after < (LAYER as u64) - (24 << 20),
         "{after} bytes went to the parent after the restart (layer {LAYER}, {before_kill} before the kill)"
