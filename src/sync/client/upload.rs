@@ -125,8 +125,9 @@ impl ParentClient {
             return self.finish_upload(repo, url, digest, file, 0, size).await;
         }
         let (mut url, mut offset) = match self.resume_upload(repo, session).await? {
-            Some(position) => position,
-            None => self.fresh_upload(repo, session).await?,
+            Some((url, offset)) if offset <= size => (url, offset),
+            // None kept, or one holding more than the blob: it cannot end well.
+            _ => self.fresh_upload(repo, session).await?,
         };
         let mut restarts = 0;
         while offset < size {
@@ -158,8 +159,16 @@ impl ParentClient {
                 }
             }
         }
-        self.finish_upload(repo, url, digest, file, size, 0).await?;
-        session.save(None).await
+        match self.finish_upload(repo, url, digest, file, size, 0).await {
+            // The parent answered and refused it (a digest that does not match what the
+            // session holds): the next attempt starts afresh rather than repeat this one.
+            Err(e @ SyncError::Protocol(_)) => {
+                session.save(None).await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+            Ok(()) => session.save(None).await,
+        }
     }
 
     /// `POST` a new upload session; its URL.
