@@ -26,6 +26,17 @@ fn image(seed: u64) -> Image {
     )
 }
 
+/// Wait (bounded) until the node at `node_base` is activated at its parent.
+fn wait_active(node_base: &str) {
+    assert!(
+        wait_until(Duration::from_secs(20), || status(node_base)["activation"]
+            ["status"]
+            == "Active"),
+        "never activated: {}",
+        status(node_base)
+    );
+}
+
 fn upstream(node_base: &str) -> Value {
     status(node_base)["upstream"].clone()
 }
@@ -74,10 +85,7 @@ fn a_push_at_a_grandchild_reaches_the_root_through_a_read_write_middle() {
             "sync": {"repositories": ["apps/*"]}
         }
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &lower.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&lower.base());
 
     // A client pushes at the bottom (a loopback node without client tokens is open).
     let pushed = image(1);
@@ -139,10 +147,7 @@ fn the_outbox_survives_a_parent_outage_and_a_kill_9_then_drains() {
         "name": "shipnode1", "mode": "ReadWrite",
         "parent": {"endpoint": root.url(""), "sync": {"repositories": ["apps/*"]}}
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &child.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&child.base());
 
     // The parent goes away; pushes and a delete at the child queue up.
     root.kill9();
@@ -272,10 +277,7 @@ fn docker_push_at_a_grandchild_docker_pull_at_the_root() {
         "name": "lower2", "mode": "ReadWrite",
         "parent": {"endpoint": middle.base(), "sync": {"repositories": ["apps/*"]}}
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &lower.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&lower.base());
 
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = tar(tmp.path(), &[("bin/busybox", &busybox_bytes(), 0o755)]);
@@ -319,10 +321,7 @@ fn a_distribution_parent_gets_pushes_and_a_refused_untag_does_not_block_the_outb
         "name": "shipnode3", "mode": "ReadWrite",
         "parent": {"endpoint": parent.url(), "sync": {"repositories": ["apps/*"]}}
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &child.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&child.base());
     let (a, b) = (image(70), image(80));
     push_image(&child.base(), "apps/a", "v1", &a);
     assert!(wait_until(Duration::from_secs(30), || manifest_digest(
@@ -375,10 +374,7 @@ fn a_slow_paced_upload_reaches_the_parent_however_long_it_takes() {
         "parent": {"endpoint": parent.url(),
                    "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16KiB/s"}}
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &child.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&child.base());
     let big = Image::new("linux/amd64", &[random_bytes(90, 240 * 1024)]);
     let pushed = std::time::Instant::now();
     push_image(&child.base(), "apps/slow", "v1", &big);
@@ -432,10 +428,7 @@ fn push_killed_mid_upload(
         "parent": {"endpoint": proxy.endpoint(),
                    "sync": {"repositories": ["apps/*"], "bandwidthLimit": "16MiB/s"}}
     }));
-    assert!(wait_until(Duration::from_secs(20), || status(
-        &child.base()
-    )["activation"]["status"]
-        == "Active"));
+    wait_active(&child.base());
     let big = Image::new("linux/amd64", &[random_bytes(95, layer)]);
     push_image(&child.base(), repo, "v1", &big);
     assert!(

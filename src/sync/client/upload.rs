@@ -121,8 +121,7 @@ impl ParentClient {
         session: &impl UploadSession,
     ) -> Result<(), SyncError> {
         if size <= CHUNKED_UPLOAD_ABOVE {
-            let url = self.start_upload(repo).await?;
-            return self.finish_upload(repo, url, digest, file, 0, size).await;
+            return self.upload_whole(repo, digest, file, size).await;
         }
         let (mut url, mut offset) = match self.resume_upload(repo, session).await? {
             Some((url, offset)) if offset <= size => (url, offset),
@@ -151,8 +150,7 @@ impl ParentClient {
                         // A parent that will not take chunks still takes the blob whole.
                         tracing::warn!(%digest, "the parent keeps refusing chunks; sending the blob in one PUT");
                         session.save(None).await?;
-                        let url = self.start_upload(repo).await?;
-                        return self.finish_upload(repo, url, digest, file, 0, size).await;
+                        return self.upload_whole(repo, digest, file, size).await;
                     }
                     tracing::info!(%digest, "the parent has no usable upload session; starting a new one");
                     (url, offset) = self.fresh_upload(repo, session).await?;
@@ -169,6 +167,18 @@ impl ParentClient {
             Err(e) => Err(e),
             Ok(()) => session.save(None).await,
         }
+    }
+
+    /// `POST` a session, then one `PUT` with the whole blob.
+    async fn upload_whole(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        file: &Path,
+        size: u64,
+    ) -> Result<(), SyncError> {
+        let url = self.start_upload(repo).await?;
+        self.finish_upload(repo, url, digest, file, 0, size).await
     }
 
     /// `POST` a new upload session; its URL.
