@@ -40,3 +40,4 @@ mod streaming;
 mod sync;
 mod upgrade;
 mod upstream;
+mod upstream_hostile;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::credentials::{
     basic, create_read_write_sync_token, create_token, send_as, SecuredNode,
 };
+use common::hostile_child::wait_active;
 use common::peers::{
     assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_until,
     Image, Node,
@@ -24,17 +25,6 @@ fn image(seed: u64) -> Image {
         "linux/amd64",
         &[random_bytes(seed, 20_000), random_bytes(seed + 1000, 5000)],
     )
-}
-
-/// Wait (bounded) until the node at `node_base` is activated at its parent.
-fn wait_active(node_base: &str) {
-    assert!(
-        wait_until(Duration::from_secs(20), || status(node_base)["activation"]
-            ["status"]
-            == "Active"),
-        "never activated: {}",
-        status(node_base)
-    );
 }
 
 fn upstream(node_base: &str) -> Value {

@@ -195,4 +195,17 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Forget every key that starts with `prefix` (durably, if any was there); how many.
+    pub async fn remove_sync_state_under(&self, prefix: &str) -> Result<usize> {
+        let mut removed = 0;
+        for key in self.trees.sync_state.scan_prefix(prefix).keys() {
+            self.trees.sync_state.remove(key?)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.flush().await?;
+        }
+        Ok(removed)
+    }
 }

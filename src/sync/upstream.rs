@@ -67,6 +67,9 @@ pub fn spawn(
             // Counting the outbox walks it: at most once a second while it drains, and at once
             // whenever it turns empty or non-empty.
             let holds = entry.is_some();
+            if !holds && reported.is_none_or(|(_, held)| held) {
+                forget_kept_sessions(&engine).await;
+            }
             if reported.is_none_or(|(at, held)| held != holds || at.elapsed() >= REPORT_EVERY) {
                 report_with(&engine, entry.as_ref());
                 reported = Some((tokio::time::Instant::now(), holds));
@@ -273,6 +276,24 @@ async fn push_tree(
     Ok(true)
 }
 
+/// Forget every kept upload session once the outbox is empty (at start, and each time it turns
+/// empty): a session whose entry settled another way (the manifest deleted here, or dropped by
+/// the conflict rule) would otherwise stay for good, and be resumed by an unrelated later push.
+async fn forget_kept_sessions(engine: &SyncEngine) {
+    match engine
+        .store()
+        .remove_sync_state_under(KEPT_SESSION_PREFIX)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "forgot upload sessions no outbox entry needs"),
+        Err(e) => tracing::warn!(error = %e, "forgetting kept upload sessions failed"),
+    }
+}
+
+/// Where kept upload sessions live in the store's sync state.
+const KEPT_SESSION_PREFIX: &str = "upstream-upload/";
+
 /// A blob's upload session at the parent, kept in the store's sync state under
 /// `upstream-upload/<repository>@<digest>` so that an upload cut off (or a node killed) midway
 /// resumes where the parent says it stands.
@@ -285,7 +306,7 @@ impl<'a> KeptSession<'a> {
     fn new(store: &'a crate::store::Store, repo: &RepositoryName, blob: &Digest) -> Self {
         KeptSession {
             store,
-            key: format!("upstream-upload/{repo}@{blob}"),
+            key: format!("{KEPT_SESSION_PREFIX}{repo}@{blob}"),
         }
     }
 }

@@ -41,6 +41,17 @@ pub fn wait_serves(node: &Registry, repo: &str, tag: &str, image: &Image, within
     assert_serves(&base, repo, tag, image, None);
 }
 
+/// Wait (bounded) until the node at `node_base` is activated at its parent.
+pub fn wait_active(node_base: &str) {
+    assert!(
+        wait_until(Duration::from_secs(20), || status(node_base)["activation"]
+            ["status"]
+            == "Active"),
+        "never activated: {}",
+        status(node_base)
+    );
+}
+
 /// The status document as text (for failure messages).
 pub fn status_text(node: &Registry) -> String {
     reqwest::blocking::Client::builder()

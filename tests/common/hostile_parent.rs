@@ -1,13 +1,18 @@
 //! A misbehaving parent: a small HTTP/1.1 server in the test process that serves the OCI
 //! distribution API for the images a test gives it, and misbehaves on purpose, path by path, as
 //! the test says — drip bytes, lie about sizes, stream forever, cut connections mid-blob, loop
-//! `Link` headers, answer any status — so the real node can be tried as its child.
+//! `Link` headers, answer any status — so the real node can be tried as its child. It also takes
+//! pushes (upload sessions and manifests, [`uploads`]), so a ReadWrite child can be tried
+//! against a parent that refuses chunks, lies about a session or keeps corrupted bytes.
 //!
 //! One thread per connection, one request per connection (`Connection: close`), plain blocking
 //! I/O: the point is control, not speed. Every request line is recorded for the test to count.
 
+mod answer;
+mod uploads;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +22,7 @@ use serde_json::json;
 
 use super::peers::{Image, OCI_INDEX};
 use super::sha256;
+use answer::{index_answer, write_answer, Answer};
 
 /// What a rule makes the parent do instead of answering normally.
 #[derive(Clone, Debug)]
@@ -36,10 +42,16 @@ pub enum Behavior {
     Hang,
     /// `307 Temporary Redirect` to this location.
     Redirect(String),
+    /// For an upload session (`GET` or `PATCH`): claim it holds this many bytes (`Range`),
+    /// taking nothing.
+    SessionHolds(u64),
+    /// Take the request as usual, but with the first byte of its body flipped (a parent that
+    /// keeps corrupted bytes of a chunk).
+    Garble,
 }
 
 struct Rule {
-    /// The rule applies to request targets containing this.
+    /// The rule applies to requests whose `METHOD target` contains this.
     contains: String,
     behavior: Behavior,
     /// How many more requests it applies to (`None`: all).
@@ -71,6 +83,8 @@ struct Content {
     names: HashMap<String, String>,
     /// subject digest → referrer descriptors; `None` map entry = no referrers API.
     referrers: Option<HashMap<String, Vec<serde_json::Value>>>,
+    /// Pushes in progress.
+    uploads: uploads::Uploads,
 }
 
 struct Shared {
@@ -214,12 +228,12 @@ impl HostileParent {
             .push(d);
     }
 
-    /// Misbehave on every request whose target contains `contains`.
+    /// Misbehave on every request whose `METHOD target` contains `contains`.
     pub fn on(&self, contains: &str, behavior: Behavior) {
         self.rule(contains, behavior, None);
     }
 
-    /// Misbehave on the next `times` requests whose target contains `contains`.
+    /// Misbehave on the next `times` requests whose `METHOD target` contains `contains`.
     pub fn on_times(&self, contains: &str, behavior: Behavior, times: usize) {
         self.rule(contains, behavior, Some(times));
     }
@@ -291,76 +305,78 @@ pub fn nested_indexes(parent: &HostileParent, repo: &str, leaf: &Image, depth: u
 
 // ---- serving ---------------------------------------------------------------------------------
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Arc<Vec<u8>>,
-    /// Serve only `body[start..]` (a `Range` answer).
-    start: usize,
+/// One request as read: its line, the headers a misbehaviour or an upload needs, its body.
+pub(super) struct Request {
+    pub method: String,
+    pub target: String,
+    /// Where a `Range: bytes=N-` asks to start.
+    pub range: Option<usize>,
+    /// A `Content-Range: N-M` (an upload chunk's place).
+    pub content_range: Option<(u64, u64)>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
 }
 
-impl Answer {
-    fn new(status: u16, body: Vec<u8>) -> Answer {
-        Answer {
-            status,
-            headers: Vec::new(),
-            body: Arc::new(body),
-            start: 0,
-        }
-    }
+/// Largest request body taken (one upload chunk is 32 MiB).
+const MAX_BODY: usize = 64 << 20;
 
-    fn json(status: u16, value: serde_json::Value) -> Answer {
-        Answer::new(status, serde_json::to_vec(&value).unwrap())
-            .header("Content-Type", "application/json")
-    }
-
-    fn error(status: u16, code: &str) -> Answer {
-        Answer::json(
-            status,
-            json!({"errors": [{"code": code, "message": format!("hostile parent says {status}")}]}),
-        )
-    }
-
-    fn header(mut self, name: &str, value: &str) -> Answer {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-}
-
-fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Request> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or("").to_owned();
-    let target = parts.next().unwrap_or("").to_owned();
-    let mut range = None;
+    let mut req = Request {
+        method: parts.next().unwrap_or("").to_owned(),
+        target: parts.next().unwrap_or("").to_owned(),
+        range: None,
+        content_range: None,
+        content_type: None,
+        body: Vec::new(),
+    };
+    let mut length = 0;
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = v
-                    .trim()
+        let Some((k, v)) = h.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        match k.as_str() {
+            "range" => {
+                req.range = v
                     .strip_prefix("bytes=")
                     .and_then(|r| r.split('-').next())
                     .and_then(|n| n.parse::<usize>().ok());
             }
+            "content-range" => {
+                let v = v.strip_prefix("bytes ").unwrap_or(v);
+                req.content_range = v
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.split('/').next()?.parse().ok()?)));
+            }
+            "content-length" => length = v.parse::<usize>().unwrap_or(0).min(MAX_BODY),
+            "content-type" => req.content_type = Some(v.to_owned()),
+            _ => {}
         }
     }
-    shared
-        .log
-        .lock()
-        .unwrap()
-        .push(format!("{method} {target}"));
+    req.body = vec![0; length];
+    reader.read_exact(&mut req.body)?;
+    Ok(req)
+}
+
+fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut req = read_request(&mut reader)?;
+    let (method, target, range) = (req.method.clone(), req.target.clone(), req.range);
+    let line = format!("{method} {target}");
+    shared.log.lock().unwrap().push(line.clone());
     let behavior = {
         let mut rules = shared.rules.lock().unwrap();
         let found = rules
             .iter_mut()
-            .find(|r| target.contains(&r.contains) && r.remaining != Some(0));
+            .find(|r| line.contains(&r.contains) && r.remaining != Some(0));
         found.map(|r| {
             if let Some(n) = r.remaining.as_mut() {
                 *n -= 1;
@@ -368,6 +384,7 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             r.behavior.clone()
         })
     };
+    let garble = matches!(behavior, Some(Behavior::Garble));
     let mut stream = stream;
     match behavior {
         Some(Behavior::Status(code)) => {
@@ -427,54 +444,24 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             let a = answer(shared, &method, &target, range);
             write_answer(&mut stream, &method, a, None, Some(n))
         }
-        None => {
-            let a = answer(shared, &method, &target, range);
+        Some(Behavior::SessionHolds(n)) => {
+            let path = target.split('?').next().unwrap_or("");
+            let a = Answer::new(if method == "GET" { 204 } else { 202 }, Vec::new())
+                .header("Location", path)
+                .header("Range", &format!("0-{}", n.saturating_sub(1)));
+            write_answer(&mut stream, &method, a, None, None)
+        }
+        Some(Behavior::Garble) | None => {
+            if garble {
+                if let Some(first) = req.body.first_mut() {
+                    *first ^= 0xff;
+                }
+            }
+            let pushed = uploads::answer(&mut shared.content.lock().unwrap(), &req);
+            let a = pushed.unwrap_or_else(|| answer(shared, &method, &target, range));
             write_answer(&mut stream, &method, a, None, None)
         }
     }
-}
-
-fn write_answer(
-    stream: &mut TcpStream,
-    method: &str,
-    a: Answer,
-    drip: Option<u64>,
-    cut_after: Option<usize>,
-) -> std::io::Result<()> {
-    let body = &a.body[a.start.min(a.body.len())..];
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-        a.status,
-        body.len()
-    );
-    for (k, v) in &a.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    if method == "HEAD" {
-        return Ok(());
-    }
-    let body = match cut_after {
-        Some(n) => &body[..n.min(body.len())],
-        None => body,
-    };
-    match drip {
-        Some(rate) => {
-            let pause = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            for b in body {
-                stream.write_all(std::slice::from_ref(b))?;
-                stream.flush()?;
-                std::thread::sleep(pause);
-            }
-        }
-        None => stream.write_all(body)?,
-    }
-    stream.flush()?;
-    if cut_after.is_some() {
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-    }
-    Ok(())
 }
 
 /// The normal answer to a request.
@@ -576,10 +563,4 @@ fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> 
         };
     }
     Answer::error(404, "NOT_FOUND")
-}
-
-/// A referrers answer: an OCI index of `manifests`.
-fn index_answer(manifests: Vec<serde_json::Value>) -> Answer {
-    let doc = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
-    Answer::new(200, serde_json::to_vec(&doc).unwrap()).header("Content-Type", OCI_INDEX)
 }
