@@ -27,10 +27,10 @@ fn thread_names(pid: u32) -> Vec<String> {
 fn memory_taken_by_a_burst_of_pulls_goes_back_to_the_system() {
     let reg = Registry::start();
     let pid = reg.pid();
+    let threads = thread_names(pid);
     assert!(
-        thread_names(pid).iter().any(|n| n == "jemalloc_bg_thd"),
-        "the node runs on jemalloc with its background thread: {:?}",
-        thread_names(pid)
+        threads.iter().any(|n| n == "jemalloc_bg_thd"),
+        "the node runs on jemalloc with its background thread: {threads:?}"
     );
 
     let blob = Blob::new("application/octet-stream", random_bytes(7, 64 * MIB));

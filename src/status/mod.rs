@@ -36,6 +36,17 @@ pub struct Status {
     pub config: ConfigStatus,
 }
 
+impl Status {
+    /// Drop the `kind` entries of `statusDetails` recorded before `before`. A completed sync
+    /// pass refreshes what the node reports of its sync (as ACR's status is refreshed on every
+    /// sync): a failure an earlier pass met and this one did not is no longer listed. Entries of
+    /// other kinds (configuration, activation, upstream notices) stay as the history they are.
+    pub fn clear_details(&mut self, kind: &str, before: DateTime<Utc>) {
+        self.status_details
+            .retain(|d| d.kind != kind || d.timestamp >= before);
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigStatus {
@@ -168,5 +179,27 @@ impl StatusHandle {
             s.status_details.insert(0, detail);
             s.status_details.truncate(MAX_STATUS_DETAILS);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completed_pass_clears_only_the_earlier_details_of_its_kind() {
+        let handle = StatusHandle::new(Status::default());
+        handle.add_detail("Sync", "TransferFailed", "an earlier pass");
+        handle.add_detail("Config", "ConfigError", "a refused configuration");
+        let started = Utc::now();
+        handle.add_detail("Sync", "RepositoryMissing", "this pass");
+        handle.update(|s| s.clear_details("Sync", started));
+        let codes: Vec<String> = handle
+            .snapshot()
+            .status_details
+            .into_iter()
+            .map(|d| d.code)
+            .collect();
+        assert_eq!(codes, ["RepositoryMissing", "ConfigError"]);
     }
 }

@@ -340,8 +340,9 @@ async fn follow(
             engine.client().ping().await?;
             tracing::info!(error = %e, "the parent has no usable change feed; polling");
             let intervals = engine.poll_intervals();
+            // A notice of how this node syncs, not a failure: not refreshed away by a pass.
             engine.status().add_detail(
-                "Sync",
+                "Feed",
                 "PollingFallback",
                 format!(
                     "no change feed at the parent ({e}); polling every {}s, backing off to \

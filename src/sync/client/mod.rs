@@ -18,6 +18,7 @@ mod feed;
 mod gateway;
 mod listing;
 mod manifests;
+mod pace;
 mod upload;
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use crate::oci::{Digest, Reference, RepositoryName};
 use auth::{Auth, CachedToken};
 use body::{read_body, read_whole, BodyError};
-use download::Limiter;
+use pace::Limiter;
 
 #[doc(hidden)]
 pub(crate) use auth::parse_challenges;

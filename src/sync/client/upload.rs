@@ -23,7 +23,7 @@ use bytes::Bytes;
 use reqwest::header::{self, LOCATION};
 use reqwest::{Method, StatusCode, Url};
 
-use super::download::{Limiter, MAX_UPLOAD_PIECE};
+use super::pace::{Limiter, MAX_UPLOAD_PIECE};
 use super::{unexpected, ParentClient, Req, SyncError, MAX_JSON_BYTES, RATE_WINDOW};
 use crate::oci::Digest;
 

@@ -143,7 +143,10 @@ impl SyncEngine {
         let ended = Utc::now();
         let progress = self.status.snapshot().sync.progress;
         match &result {
+            // A completed pass's findings replace the earlier passes' (one cut short adds to
+            // them), in the same update that says how it ended.
             Ok(failures) if failures.is_empty() => self.status.update(|s| {
+                s.clear_details("Sync", started);
                 s.connection_state = "Online".into();
                 s.last_activity_time = Some(ended);
                 s.sync.state = Some("Succeeded".into());
@@ -154,6 +157,7 @@ impl SyncEngine {
                 }
             }),
             Ok(_) => self.status.update(|s| {
+                s.clear_details("Sync", started);
                 s.connection_state = "Online".into();
                 s.last_activity_time = Some(ended);
                 s.sync.state = Some("Failed".into());
