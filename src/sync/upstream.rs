@@ -94,6 +94,9 @@ pub fn spawn(
                     }
                     wait = RETRY_FIRST;
                     engine.status().update(|s| {
+                        if s.connection_state == "Offline" {
+                            s.connection_state = "Online".into();
+                        }
                         s.upstream
                             .get_or_insert_with(Default::default)
                             .last_push_time = Some(Utc::now());
@@ -115,6 +118,13 @@ pub fn spawn(
                 }
                 Err(e) => {
                     tracing::warn!(seq = entry.seq, error = %e, retry_in_s = wait.as_secs(), "upstream push failed");
+                    if matches!(e, SyncError::ParentUnreachable(_)) {
+                        // The pusher may be first to find the link gone (the feed's long-poll
+                        // sends nothing while it waits).
+                        engine
+                            .status()
+                            .update(|s| s.connection_state = "Offline".into());
+                    }
                     engine.status().add_detail(
                         "Upstream",
                         "UpstreamPushFailed",

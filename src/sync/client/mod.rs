@@ -131,6 +131,15 @@ pub struct RemoteManifest {
 
 /// Time allowed to open a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on every connection to the parent: after this long without traffic a probe
+/// goes out, then one every [`KEEPALIVE_INTERVAL`]; [`KEEPALIVE_PROBES`] unanswered ones end the
+/// connection. A waiting long-poll sends nothing, so without probes a link cut silently (no
+/// reset: a radio gone, a cable pulled upstream) is noticed only when the poll times out
+/// (its wait plus a margin: 30–60 s later); with them, within ~25 s. Tiny packets, answered by
+/// the parent's kernel.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
 /// Longest wait for the response headers. A parent that says nothing for this long is treated
 /// as gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -262,7 +271,9 @@ impl ParentClient {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_keepalive(KEEPALIVE_IDLE)
+            .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(KEEPALIVE_PROBES)
             .pool_idle_timeout(Duration::from_secs(90))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("connected-registry/", env!("CARGO_PKG_VERSION")));
