@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::credentials::{
     basic, create_read_write_sync_token, create_token, send_as, SecuredNode,
 };
-use common::hostile_child::wait_active;
+use common::hostile_child::{wait_active, wait_outbox_empty};
 use common::peers::{
     assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_until,
     Image, Node,
@@ -172,13 +172,7 @@ fn the_outbox_survives_a_parent_outage_and_a_kill_9_then_drains() {
 
     // The parent comes back: everything arrives, in order (v2 pushed then deleted).
     root.restart();
-    assert!(
-        wait_until(Duration::from_secs(60), || upstream(&child.base())
-            ["pending"]
-            == 0),
-        "outbox never drained: {}",
-        status(&child.base())
-    );
+    wait_outbox_empty(&child.base(), Duration::from_secs(60));
     assert_serves(&root.url(""), "apps/a", "v1", &a, None);
     assert_serves(&root.url(""), "apps/b", "v1", &b, None);
     assert_eq!(
@@ -497,13 +491,7 @@ fn a_chunked_upload_to_distribution_arrives_whole_through_a_kill_9() {
     let parent = common::peers::Distribution::start();
     let (child, proxy, _, _) =
         push_killed_mid_upload(parent.port, &parent.url(), "apps/chunked", 72 << 20);
-    assert!(
-        wait_until(Duration::from_secs(20), || upstream(&child.base())
-            ["pending"]
-            == 0),
-        "{}",
-        status(&child.base())
-    );
+    wait_outbox_empty(&child.base(), Duration::from_secs(20));
     // After the restart it went up in chunks of 32 MiB: distribution cancels a session
     // resumed after a cut chunk, so a fresh one starts from byte 0.
     let starts = chunk_starts(&proxy);

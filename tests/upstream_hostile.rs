@@ -9,7 +9,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::hostile_child::{log_tail, status_text, wait_active};
+use common::hostile_child::{log_tail, status_text, wait_active, wait_outbox_empty};
 use common::hostile_parent::{Behavior, HostileParent};
 use common::peers::{
     assert_serves, manifest_digest, push_image, random_bytes, status, wait_until, Image, Node,
@@ -155,13 +155,7 @@ fn an_abandoned_upload_session_is_forgotten_once_the_outbox_is_empty() {
         &format!("/v2/apps/stale/manifests/{}", image.digest),
     );
     assert_eq!(r.status, 202, "{}", r.text());
-    assert!(
-        wait_until(Duration::from_secs(60), || status(&child.base())
-            ["upstream"]["pending"]
-            == 0),
-        "the outbox never settled: {}",
-        status_text(&child.reg)
-    );
+    wait_outbox_empty(&child.base(), Duration::from_secs(60));
     assert!(
         wait_until(Duration::from_secs(10), || child
             .reg

@@ -52,6 +52,15 @@ pub fn wait_active(node_base: &str) {
     );
 }
 
+/// Wait (bounded by `within`) until the outbox of the ReadWrite node at `node_base` is empty.
+pub fn wait_outbox_empty(node_base: &str, within: Duration) {
+    assert!(
+        wait_until(within, || status(node_base)["upstream"]["pending"] == 0),
+        "the outbox never drained: {}",
+        status(node_base)
+    );
+}
+
 /// The status document as text (for failure messages).
 pub fn status_text(node: &Registry) -> String {
     reqwest::blocking::Client::builder()
