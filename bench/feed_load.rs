@@ -1,9 +1,10 @@
-//! Load client for `bench/scale.sh`: many children long-polling one root's change feed at once.
+//! Load client for `bench/scale.sh`: many children following one root's change feed at once.
 //!
 //! It exists because no off-the-shelf load tool holds thousands of HTTP long-polls open and
 //! tells when each one saw a given event. Each simulated child is one task on one keep-alive
 //! connection that asks `GET /acr/connected-registry/v1/changes?since=…&wait=30` again as soon
-//! as an answer arrives, as a real child does. With `--status-every`, each child is also
+//! as an answer arrives, or with `--stream` asks once with `Upgrade: cr-changes/1` and reads
+//! the page lines the root writes, as a real child does. With `--status-every`, each child is also
 //! activated and reports its status (`PUT …/registries/{name}/status`) on a short connection of
 //! its own, spread evenly over that period.
 //!
@@ -58,6 +59,10 @@ struct Args {
     /// Each child also activates and reports its status this often (seconds; 0: never).
     #[arg(long, default_value_t = 0)]
     status_every: u64,
+    /// Children follow the feed as a stream (`Upgrade: cr-changes/1`, as a real child does
+    /// against a connected-registry root) instead of by long-polls.
+    #[arg(long)]
+    stream: bool,
 }
 
 /// When each push started (index = push number).
@@ -95,8 +100,18 @@ async fn main() -> anyhow::Result<()> {
             answers.clone(),
             seen.clone(),
         );
+        let stream = args.stream;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = child(i, &addr, cursor, pushes, waiting, answers, seen).await {
+            let follow = Follow {
+                pushes,
+                answers,
+                seen,
+            };
+            let followed = match stream {
+                true => stream_child(i, &addr, cursor, follow, waiting).await,
+                false => child(i, &addr, cursor, follow, waiting).await,
+            };
+            if let Err(e) = followed {
                 eprintln!("child {i}: {e:#}");
             }
         }));
@@ -208,15 +223,51 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every child shares: where the pushes' arrivals are noted.
+struct Follow {
+    pushes: Arc<Pushes>,
+    answers: Arc<AtomicU64>,
+    seen: Seen,
+}
+
+impl Follow {
+    /// Note each push's event in `page` as arrived now; the cursor after it.
+    fn page(&self, page: &[u8], cursor: u64) -> anyhow::Result<u64> {
+        self.answers.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let page: Value = serde_json::from_slice(page)?;
+        let mut mine = Vec::new();
+        for event in page["events"].as_array().into_iter().flatten() {
+            if let Some(n) = event["tag"]
+                .as_str()
+                .and_then(|t| t.strip_prefix('p'))
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                mine.push((n, now));
+            }
+        }
+        if !mine.is_empty() {
+            let mut counts = self.pushes.seen.lock().unwrap();
+            for (n, _) in &mine {
+                if counts.len() <= *n {
+                    counts.resize(n + 1, 0);
+                }
+                counts[*n] += 1;
+            }
+            drop(counts);
+            self.seen.lock().unwrap().extend(mine);
+        }
+        Ok(page["next"].as_u64().unwrap_or(cursor).max(cursor))
+    }
+}
+
 /// One child: long-poll, note each event's arrival, ask again.
 async fn child(
     i: usize,
     addr: &str,
     mut cursor: u64,
-    pushes: Arc<Pushes>,
+    follow: Follow,
     waiting: Arc<AtomicUsize>,
-    answers: Arc<AtomicU64>,
-    seen: Seen,
 ) -> anyhow::Result<()> {
     let mut conn = Conn::connect(addr).await?;
     let mut first = true;
@@ -229,31 +280,31 @@ async fn child(
         }
         let (status, body) = conn.read().await?;
         anyhow::ensure!(status == 200, "child {i}: feed answered {status}");
-        answers.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let page: Value = serde_json::from_slice(&body)?;
-        let mut mine = Vec::new();
-        for event in page["events"].as_array().into_iter().flatten() {
-            if let Some(n) = event["tag"]
-                .as_str()
-                .and_then(|t| t.strip_prefix('p'))
-                .and_then(|n| n.parse::<usize>().ok())
-            {
-                mine.push((n, now));
-            }
-        }
-        if !mine.is_empty() {
-            let mut counts = pushes.seen.lock().unwrap();
-            for (n, _) in &mine {
-                if counts.len() <= *n {
-                    counts.resize(n + 1, 0);
-                }
-                counts[*n] += 1;
-            }
-            drop(counts);
-            seen.lock().unwrap().extend(mine);
-        }
-        cursor = page["next"].as_u64().unwrap_or(cursor).max(cursor);
+        cursor = follow.page(&body, cursor)?;
+    }
+}
+
+/// One child on a stream: ask once, then note each page's events as its line arrives.
+async fn stream_child(
+    i: usize,
+    addr: &str,
+    cursor: u64,
+    follow: Follow,
+    waiting: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let mut conn = Conn::connect(addr).await?;
+    let path = format!("{FEED}?since={cursor}&heartbeat=30");
+    conn.send_upgrade(&path, "cr-changes/1").await?;
+    let (status, _) = conn.read().await?;
+    anyhow::ensure!(
+        status == 101,
+        "child {i}: the feed stream request answered {status}"
+    );
+    waiting.fetch_add(1, Ordering::SeqCst);
+    let mut cursor = cursor;
+    loop {
+        let line = conn.read_line().await?;
+        cursor = follow.page(&line, cursor)?;
     }
 }
 

@@ -71,6 +71,26 @@ impl Conn {
         Ok(())
     }
 
+    /// `GET` asking to switch to `protocol` (`Connection: upgrade`).
+    pub async fn send_upgrade(&mut self, path: &str, protocol: &str) -> anyhow::Result<()> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: root\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// One line of an upgraded connection's line protocol, without its `\n`.
+    pub async fn read_line(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        anyhow::ensure!(
+            self.stream.read_until(b'\n', &mut line).await? > 0,
+            "connection closed"
+        );
+        anyhow::ensure!(line.pop() == Some(b'\n'), "connection closed mid-line");
+        Ok(line)
+    }
+
     pub async fn read(&mut self) -> anyhow::Result<(u16, Vec<u8>)> {
         let (status, body, _) = self.read_with_location().await?;
         Ok((status, body))

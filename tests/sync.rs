@@ -847,11 +847,12 @@ fn sync_once_exit_codes_and_output() {
 
 // ---- connected-registry as the parent --------------------------------------------------------
 
-/// Wait until the child has a change-feed long-poll in flight at the parent.
+/// Wait until the child follows the parent's change feed: a stream open (`101`) or a long-poll
+/// in flight.
 fn wait_long_poll(proxy: &Proxy, child: &Registry) {
     let ok = proxy.wait_for(Duration::from_secs(15), |reqs| {
         reqs.iter()
-            .any(|r| r.path() == CHANGES && r.status.is_none())
+            .any(|r| r.path() == CHANGES && matches!(r.status, None | Some(101)))
     });
     assert!(
         ok,
@@ -924,10 +925,12 @@ fn connected_parent_push_reaches_child_within_2s() {
     assert!(mentions(&proxy.requests(), "/v2/other/app/").is_empty());
 }
 
-/// An idle child of a connected-registry parent holds one long-poll at a time: over 5 s idle,
-/// at most a couple of `GET …/changes` requests and nothing else, and exactly one in flight.
+/// An idle child of a connected-registry parent follows its feed on one stream: over 5 s idle,
+/// at most a couple of `GET …/changes` requests and nothing else, and exactly one open — the
+/// stream (`Upgrade: cr-changes/1`, answered `101`), which a parent that does not stream would
+/// answer as a long-poll (it also says how long to wait).
 #[test]
-fn connected_parent_idle_child_makes_one_long_poll_at_a_time() {
+fn connected_parent_idle_child_follows_one_stream() {
     let root = Registry::start();
     let img = Image::new("linux/amd64", &[random_bytes(61, 4 * KIB)]);
     push_image(&root.url(""), "idle/app", "v1", &img);
@@ -968,18 +971,21 @@ fn connected_parent_idle_child_makes_one_long_poll_at_a_time() {
     }
     let in_flight: Vec<&Request> = all
         .iter()
-        .filter(|r| r.path() == CHANGES && r.status.is_none())
+        .filter(|r| r.path() == CHANGES && matches!(r.status, None | Some(101)))
         .collect();
     assert_eq!(
         in_flight.len(),
         1,
-        "exactly one long-poll in flight\n{}",
+        "exactly one feed request open\n{}",
         proxy_log(&proxy)
     );
-    let q = in_flight[0].target.clone();
+    let open = in_flight[0];
+    assert_eq!(open.status, Some(101), "{}", proxy_log(&proxy));
+    assert_eq!(open.header("upgrade"), Some("cr-changes/1"));
+    let q = open.target.clone();
     assert!(
-        q.contains("since=") && q.contains("wait="),
-        "long-poll query: {q}"
+        q.contains("since=") && q.contains("wait=") && q.contains("heartbeat="),
+        "stream query: {q}"
     );
     let wait: u64 = q
         .split(['?', '&'])

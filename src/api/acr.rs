@@ -13,13 +13,13 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
 use super::access::{check, Need};
-use super::children;
 use super::response::Reply;
-use super::{query_value, Api};
+use super::{children, feed_stream};
+use super::{query_value, Api, ConnectionSlot};
 use crate::auth::{Identity, Principal};
 use crate::config::{GatewayAction, RepositoryAction};
 use crate::oci::{Error, ErrorCode, Result};
-use crate::store::ChangeEvent;
+use crate::store::{ChangeEvent, Store};
 
 pub const PREFIX: &str = "/acr/connected-registry/v1/";
 
@@ -99,11 +99,19 @@ pub(super) async fn handle(
                 Principal::Anonymous(_) => "*",
             };
             check(identity, &Need::Gateway(child, GatewayAction::MessageRead))?;
+            let mut req = req;
+            let stream = feed_stream::wanted(&req).then(|| feed_stream::Opening {
+                upgrade: hyper::upgrade::on(&mut req),
+                slot: req.extensions().get::<ConnectionSlot>().cloned(),
+            });
             let query = super::query(&req);
             // The request (headers, and the connection's read buffer they point into) is not
             // kept while the long-poll waits.
             drop(req);
-            Box::pin(changes(api, identity, &query)).await
+            match stream {
+                Some(opening) => Box::pin(feed_stream::open(api, identity, &query, opening)).await,
+                None => Box::pin(changes(api, identity, &query)).await,
+            }
         }
         AcrRoute::Status => {
             check(identity, &Need::Authenticated)?;
@@ -123,26 +131,48 @@ pub(super) async fn handle(
     }
 }
 
+/// One page of the change feed, as a long-poll answers it and a stream writes it.
 #[derive(Serialize)]
-struct ChangesPage<'a> {
+pub(super) struct ChangesPage<'a> {
     events: Vec<&'a ChangeEvent>,
-    next: u64,
+    pub(super) next: u64,
+}
+
+/// The query of a change-feed request: `since` (any cursor) and the child's message `ttl`
+/// (in [`TTL_RANGE`]), refused with a 400 naming the parameter when out of range.
+pub(super) fn feed_position(q: &[(String, String)]) -> Result<(u64, Option<u64>)> {
+    Ok((
+        number(q, "since", 0..=u64::MAX)?.unwrap_or(0),
+        number(q, "ttl", TTL_RANGE)?,
+    ))
 }
 
 /// `GET …/changes?since=SEQ&wait=SECONDS&ttl=SECONDS`. Every number is checked against its
 /// range before it is used: `since` is any cursor, `wait` is capped at [`MAX_WAIT`], `ttl` must
 /// lie in [`TTL_RANGE`].
 async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Reply> {
-    let since = number(q, "since", 0..=u64::MAX)?.unwrap_or(0);
+    let (since, ttl) = feed_position(q)?;
     let wait = number(q, "wait", 0..=u64::MAX)?.unwrap_or(0);
     let wait = Duration::from_secs(wait.min(MAX_WAIT.as_secs()));
-    let ttl = number(q, "ttl", TTL_RANGE)?;
     let mut stopping = api.stopping.subscribe();
     let events = tokio::select! {
         page = api.store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
         // The server is stopping: answer now with what there is (nothing new).
         _ = stopping.wait_for(|stop| *stop) => Arc::from([]),
     };
+    let page = page_for(&api.store, identity, since, ttl, &events)?;
+    Ok(Reply::new(StatusCode::OK).json(&page))
+}
+
+/// The page `identity` gets of `events` (those after `since`): only the repositories it may
+/// read, or 410 `MESSAGES_EXPIRED` when the first event is older than the child's `ttl`.
+pub(super) fn page_for<'e>(
+    store: &Store,
+    identity: &Identity,
+    since: u64,
+    ttl: Option<u64>,
+    events: &'e [ChangeEvent],
+) -> Result<ChangesPage<'e>> {
     // A child that has missed events older than its message TTL must reconcile in full, as
     // if the parent had kept events only that long for it.
     if let (Some(ttl), Some(first)) = (ttl, events.first()) {
@@ -160,7 +190,7 @@ async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Resu
             )
             .with_detail(serde_json::json!({
                 "since": since,
-                "latest": *api.store.watch_changes().borrow(),
+                "latest": *store.watch_changes().borrow(),
             })));
         }
     }
@@ -169,7 +199,7 @@ async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Resu
         .iter()
         .filter(|e| identity.holds(&e.repository, RepositoryAction::ContentRead))
         .collect();
-    Ok(Reply::new(StatusCode::OK).json(&ChangesPage { events, next }))
+    Ok(ChangesPage { events, next })
 }
 
 /// `GET …/status`: the status model, with the store's storage figures as of now.

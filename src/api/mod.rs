@@ -10,6 +10,7 @@ mod access;
 pub mod acr;
 mod blobs;
 pub mod children;
+mod feed_stream;
 mod listings;
 mod manifests;
 mod ops;
@@ -353,6 +354,11 @@ pub(crate) async fn read_bounded(req: Request<Incoming>, api: &Api, max: usize) 
 /// The client's address, put in each request's extensions by the server.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The connection's place under the server's connection cap, put in each request's extensions
+/// by the server: a connection taken over by a change-feed stream keeps it while it streams.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlot(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl Api {
     /// Who sent `req` (anonymous without an `Authorization` header).

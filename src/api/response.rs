@@ -61,6 +61,12 @@ impl Reply {
         self
     }
 
+    /// No `Content-Length` (an answer that has no body at all: `101`).
+    pub fn without_length(mut self) -> Reply {
+        self.inner.headers_mut().remove(CONTENT_LENGTH);
+        self
+    }
+
     /// A body whose length is known; sets `Content-Length`.
     pub fn bytes(mut self, content_type: &str, bytes: impl Into<Bytes>) -> Reply {
         let bytes = bytes.into();

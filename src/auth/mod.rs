@@ -32,7 +32,7 @@ const MAX_TRACKED_SOURCES: usize = 10_000;
 const CONCURRENT_VERIFICATIONS: usize = 2;
 
 /// One configured token, parsed.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Token {
     pub name: String,
     password_hash: String,
@@ -223,6 +223,9 @@ pub struct Authenticator {
     signer: jwt::Signer,
     verifications: tokio::sync::Semaphore,
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Counts the configurations that changed access: what holds an identity for long (a
+    /// change-feed stream) lets it go when this moves, and the client authenticates again.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Authenticator {
@@ -238,6 +241,7 @@ impl Authenticator {
             signer: jwt::Signer::default(),
             verifications: tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS),
             failures: Mutex::new(HashMap::new()),
+            generation: tokio::sync::watch::Sender::new(0),
         };
         auth.reconfigure(config, loopback);
         auth
@@ -254,11 +258,23 @@ impl Authenticator {
             .collect();
         let anonymous = anonymous_access(config, loopback);
         self.verified.retain(|name| tokens.contains_key(name));
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(TokenTable {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let access_changed = table.tokens != tokens || table.anonymous != anonymous;
+        *table = Arc::new(TokenTable {
             tokens,
             anonymous,
             metrics_anonymous: config.metrics_anonymous(),
         });
+        drop(table);
+        if access_changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Changes each time a configuration changes who may do what (tokens added, disabled,
+    /// deleted or changed; anonymous access).
+    pub fn reconfigured(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     fn table(&self) -> Arc<TokenTable> {
@@ -523,10 +539,18 @@ mod tests {
         );
         assert_eq!(id.catalog(), Decision::Challenge);
 
-        // Disabled: Basic and the bearer token issued before both stop at once.
+        // Disabled: Basic and the bearer token issued before both stop at once, and what
+        // holds an identity for long is told (only when access changed).
+        let reconfigured = auth.reconfigured();
+        auth.reconfigure(&cfg, true);
+        assert!(
+            !reconfigured.has_changed().unwrap(),
+            "the same tokens again"
+        );
         let (mut disabled, _) = config(&[], TokenStatus::Disabled);
         disabled.client_tokens[0].password_hash = cfg.client_tokens[0].password_hash.clone();
         auth.reconfigure(&disabled, true);
+        assert!(reconfigured.has_changed().unwrap(), "a token disabled");
         for header in [basic("line1", &pw), format!("Bearer {jwt}")] {
             let e = auth.identify(Some(&header), HERE).await.unwrap_err();
             assert!(e.to_string().contains("disabled"), "{e}");

@@ -171,23 +171,27 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serve one connection until it ends, goes idle or the server stops; `_permit` is its place
-/// under the connection cap, released when it closes.
+/// Serve one connection until it ends, goes idle, the server stops or a change-feed stream
+/// takes it over; `permit` is its place under the connection cap, released when it closes.
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     protocol: protocol::Protocol,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
+    // Each request carries the connection's slot: a change-feed stream that takes the
+    // connection over keeps it (the slot is freed when the last holder lets go).
+    let slot = crate::api::ConnectionSlot(Arc::new(permit));
     let service = {
         let api = shared.api.clone();
         let activity = activity.clone();
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(crate::api::ClientAddr(peer));
+            req.extensions_mut().insert(slot.clone());
             let api = api.clone();
             let activity = activity.clone();
             async move {
@@ -211,7 +215,7 @@ async fn serve_connection<I>(
     let conn = shared
         .builders
         .get(protocol)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut stop = shared.stop.clone();
     let ended = tokio::select! {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::watch;
 
-use super::client::SyncError;
+use super::client::{FeedFollower, SyncError};
 use super::engine::{SyncEngine, Trigger};
 use super::schedule::{Schedule, WindowState};
 
@@ -395,7 +395,9 @@ async fn follow(
         pass(engine, state, trigger).await?;
     }
     state.first_pass_done = true;
-    state.backoff = Duration::from_secs(1);
+    // The session backoff is reset by the first page, not by the probe: a parent whose probe
+    // answers but whose feed then fails at once is asked less often each time.
+    let mut feed = FeedFollower::new(Duration::from_secs(LONG_POLL_SECONDS));
     loop {
         if engine
             .store()
@@ -420,8 +422,13 @@ async fn follow(
         }
         state.feed.wait().await;
         let asked = Instant::now();
-        let page = match engine.client().changes(cursor, wait).await {
-            Ok(page) => page,
+        let page = match feed.next(engine.client(), cursor, wait).await {
+            Ok(Some(page)) => page,
+            Ok(None) => {
+                // A stream that ended with nothing: ask again, later each time.
+                state.feed.unproductive();
+                continue;
+            }
             Err(SyncError::MessagesExpired { latest, .. }) => {
                 // Back-to-back 410s back off (see MAX_PASS_BACKOFF).
                 pass(engine, state, Trigger::RecoveryService).await?;
@@ -433,6 +440,7 @@ async fn follow(
             Err(e) => return Err(e.into()),
         };
         state.passes.productive();
+        state.backoff = Duration::from_secs(1);
         engine.status().update(|s| {
             s.last_activity_time = Some(Utc::now());
             if s.connection_state != "Syncing" {

@@ -69,6 +69,9 @@ pub enum Feed {
     EmptyAtOnce,
     /// 410 `MESSAGES_EXPIRED` every time.
     AlwaysExpired,
+    /// A stream request (`Upgrade`) is switched (`101`) and gets these bytes, then the
+    /// connection closes; a long-poll gets an empty page at once.
+    Stream(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -314,6 +317,8 @@ pub(super) struct Request {
     /// A `Content-Range: N-M` (an upload chunk's place).
     pub content_range: Option<(u64, u64)>,
     pub content_type: Option<String>,
+    /// It asked to switch protocols (`Upgrade: …`): the change-feed stream.
+    pub upgrade: bool,
     pub body: Vec<u8>,
 }
 
@@ -330,6 +335,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Request> {
         range: None,
         content_range: None,
         content_type: None,
+        upgrade: false,
         body: Vec::new(),
     };
     let mut length = 0;
@@ -357,6 +363,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Request> {
             }
             "content-length" => length = v.parse::<usize>().unwrap_or(0).min(MAX_BODY),
             "content-type" => req.content_type = Some(v.to_owned()),
+            "upgrade" => req.upgrade = true,
             _ => {}
         }
     }
@@ -370,6 +377,12 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut req = read_request(&mut reader)?;
     let (method, target, range) = (req.method.clone(), req.target.clone(), req.range);
+    let asked = Asked {
+        method: &method,
+        target: &target,
+        range,
+        upgrade: req.upgrade,
+    };
     let line = format!("{method} {target}");
     shared.log.lock().unwrap().push(line.clone());
     let behavior = {
@@ -437,11 +450,11 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
             write_answer(&mut stream, &method, a, None, None)
         }
         Some(Behavior::Drip(rate)) => {
-            let a = answer(shared, &method, &target, range);
+            let a = answer(shared, &asked);
             write_answer(&mut stream, &method, a, Some(rate), None)
         }
         Some(Behavior::CutAfter(n)) => {
-            let a = answer(shared, &method, &target, range);
+            let a = answer(shared, &asked);
             write_answer(&mut stream, &method, a, None, Some(n))
         }
         Some(Behavior::SessionHolds(n)) => {
@@ -458,14 +471,28 @@ fn serve(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
                 }
             }
             let pushed = uploads::answer(&mut shared.content.lock().unwrap(), &req);
-            let a = pushed.unwrap_or_else(|| answer(shared, &method, &target, range));
+            let a = pushed.unwrap_or_else(|| answer(shared, &asked));
             write_answer(&mut stream, &method, a, None, None)
         }
     }
 }
 
+/// What [`answer`] goes by.
+struct Asked<'a> {
+    method: &'a str,
+    target: &'a str,
+    range: Option<usize>,
+    upgrade: bool,
+}
+
 /// The normal answer to a request.
-fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> Answer {
+fn answer(shared: &Shared, asked: &Asked) -> Answer {
+    let Asked {
+        method,
+        target,
+        range,
+        upgrade,
+    } = *asked;
     let path = target.split('?').next().unwrap_or("");
     if path == "/v2/" || path == "/v2" {
         return Answer::json(200, json!({}));
@@ -475,6 +502,10 @@ fn answer(shared: &Shared, method: &str, target: &str, range: Option<usize>) -> 
             Feed::Absent => Answer::error(404, "NOT_FOUND"),
             Feed::Status(code) => Answer::error(code, "HOSTILE"),
             Feed::EmptyAtOnce => Answer::json(200, json!({"events": [], "next": 0})),
+            Feed::Stream(bytes) if upgrade => {
+                Answer::new(101, bytes).header("Upgrade", "cr-changes/1")
+            }
+            Feed::Stream(_) => Answer::json(200, json!({"events": [], "next": 0})),
             Feed::AlwaysExpired => Answer::json(
                 410,
                 json!({"errors": [{"code": "MESSAGES_EXPIRED", "message": "gone",

@@ -41,7 +41,7 @@ use pace::Limiter;
 #[doc(hidden)]
 pub(crate) use auth::parse_challenges;
 pub use body::{MIN_TRANSFER_RATE, RATE_WINDOW};
-pub use feed::ChangesPage;
+pub use feed::{ChangesPage, FeedAnswer, FeedFollower, FeedStream};
 pub use gateway::GatewayAnswer;
 pub use listing::{MAX_LIST_BYTES, MAX_LIST_ENTRIES, MAX_LIST_PAGES};
 use upload::FileBody;
