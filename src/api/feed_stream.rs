@@ -127,13 +127,20 @@ impl Follower {
                 return;
             }
         };
-        // Bytes a child sent after its request are not part of this protocol: dropped.
+        // Bytes a child sent after its request are not part of this protocol: dropped, and
+        // with them hyper's read buffer (8 KiB) before the stream starts to wait.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => self.follow(parts.io.into_inner(), first).await,
+            Ok(parts) => {
+                drop(parts.read_buf);
+                self.follow(parts.io.into_inner(), first).await
+            }
             Err(upgraded) => {
                 type Tls = TokioIo<tokio_rustls::server::TlsStream<TcpStream>>;
                 match upgraded.downcast::<Tls>() {
-                    Ok(parts) => self.follow(parts.io.into_inner(), first).await,
+                    Ok(parts) => {
+                        drop(parts.read_buf);
+                        self.follow(parts.io.into_inner(), first).await
+                    }
                     Err(upgraded) => self.follow(TokioIo::new(upgraded), first).await,
                 }
             }

@@ -77,7 +77,7 @@ pub async fn serve(
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         api,
-        builders: protocol::Builders::new(http_builder(&limits)),
+        builders: protocol::Builders::new(http1_builder(&limits), http2_builder(&limits)),
         idle_timeout: limits.connection_idle_timeout,
         stop: stop_rx,
     });
@@ -153,14 +153,19 @@ pub async fn serve(
     Ok(())
 }
 
-/// The HTTP/1 and HTTP/2 settings, from hyper's own timers and limits.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1 settings, from hyper's own timers and limits.
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT.min(limits.connection_idle_timeout));
+    builder
+}
+
+/// The HTTP/2 settings, from hyper's own timers and limits.
+fn http2_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let idle = limits.connection_idle_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT.min(idle));
     let ping = (idle / 2).clamp(Duration::from_secs(1), MAX_PING_INTERVAL);
     builder
         .http2()
@@ -212,11 +217,35 @@ async fn serve_connection<I>(
             }
         })
     };
-    let conn = shared
-        .builders
-        .get(protocol)
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let io = TokioIo::new(io);
+    match protocol {
+        protocol::Protocol::Http1 => {
+            // With upgrades: a change-feed stream takes the connection over.
+            let conn = shared.builders.http1.serve_connection(io, service);
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &shared, peer).await
+        }
+        protocol::Protocol::Http2 => {
+            let conn = shared.builders.http2.serve_connection(io, service);
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &shared, peer).await
+        }
+    }
+}
+
+/// Run a served connection until it ends, goes idle or the server stops; `close` tells it to
+/// finish what is in flight and close.
+async fn drive<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    close: fn(std::pin::Pin<&mut C>),
+    activity: &Activity,
+    shared: &Shared,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut stop = shared.stop.clone();
     let ended = tokio::select! {
         result = conn.as_mut() => Some(result),
@@ -229,10 +258,9 @@ async fn serve_connection<I>(
     let result = match ended {
         Some(result) => result,
         None => {
-            // HTTP/2 says GOAWAY, HTTP/1 closes once its request (if any) is answered, and a
-            // connection still sniffing its protocol stops waiting; one that then makes no
-            // progress (a silent peer) is dropped.
-            conn.as_mut().graceful_shutdown();
+            // HTTP/2 says GOAWAY, HTTP/1 closes once its request (if any) is answered; one
+            // that then makes no progress (a silent peer) is dropped.
+            close(conn.as_mut());
             activity.progress();
             tokio::select! {
                 result = conn.as_mut() => result,

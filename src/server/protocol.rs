@@ -4,10 +4,14 @@
 //! It exists because hyper-util's auto-detection reads those bytes itself and hands them back
 //! through a rewind buffer, after which hyper's HTTP/1 read buffer needs a second reservation
 //! and doubles to 16 KiB for the life of the connection. A root holds one connection per child
-//! long-polling its change feed; peeking keeps that buffer at hyper's 8 KiB.
+//! long-polling its change feed; peeking keeps that buffer at hyper's 8 KiB. HTTP/1 is served
+//! by hyper's own builder, not hyper-util's: its upgradeable connections (a change-feed stream
+//! takes the connection over) always detect the version that way, and wrap the socket so an
+//! upgraded stream could not get it back.
 
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
@@ -25,22 +29,15 @@ pub enum Protocol {
 
 /// The builders for each version, configured once.
 pub struct Builders {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    pub http1: http1::Builder,
+    pub http2: auto::Builder<TokioExecutor>,
 }
 
 impl Builders {
-    pub fn new(configured: auto::Builder<TokioExecutor>) -> Builders {
+    pub fn new(http1: http1::Builder, http2: auto::Builder<TokioExecutor>) -> Builders {
         Builders {
-            http1: configured.clone().http1_only(),
-            http2: configured.http2_only(),
-        }
-    }
-
-    pub fn get(&self, protocol: Protocol) -> &auto::Builder<TokioExecutor> {
-        match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::Http2 => &self.http2,
+            http1,
+            http2: http2.http2_only(),
         }
     }
 }
