@@ -1159,21 +1159,10 @@ fn upload_session_survives_restart() {
 
 #[test]
 fn tls_serves_http2_and_http11() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let reg = Registry::start_with(&[
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        key_path.to_str().unwrap(),
-    ]);
-    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let url = format!("https://localhost:{}/v2/", reg.port);
+    let tls = common::TlsRegistry::start();
+    let reg = &tls.reg;
+    let root = reqwest::Certificate::from_pem(tls.cert_pem.as_bytes()).unwrap();
+    let url = tls.url("/v2/");
 
     let h2 = Client::builder()
         .add_root_certificate(root.clone())

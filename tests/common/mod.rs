@@ -251,6 +251,43 @@ impl Registry {
     }
 }
 
+/// A registry serving TLS (HTTP/2 and HTTP/1.1 by ALPN) with a self-signed certificate for
+/// `localhost` and `127.0.0.1`.
+pub struct TlsRegistry {
+    pub reg: Registry,
+    /// The certificate, PEM: the root a client trusts.
+    pub cert_pem: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRegistry {
+    pub fn start() -> TlsRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let reg = Registry::start_with(&[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ]);
+        TlsRegistry {
+            reg,
+            cert_pem: cert.cert.pem(),
+            _dir: dir,
+        }
+    }
+
+    /// `https://localhost:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.reg.port)
+    }
+}
+
 fn unsafe_kill(pid: u32, signal: &str) {
     Command::new("kill")
         .arg(format!("-{signal}"))

@@ -9,9 +9,7 @@ mod stream;
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
-
-use reqwest::header;
+use reqwest::{header, Method, StatusCode};
 
 use super::body::{read_body, BodyError};
 use super::{unexpected, Fetched, ParentClient, Req, SyncError, MAX_JSON_BYTES};
