@@ -165,35 +165,20 @@ async fn main() -> anyhow::Result<()> {
     if args.rate > 0 {
         let first = args.pushes;
         let count = (args.rate * args.rate_seconds) as usize;
-        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        // The ticks hand push numbers to `--pushers` connections, each pushing one at a time.
-        let (tx, rx) = tokio::sync::mpsc::channel::<usize>(count.max(1));
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut pushers = Vec::new();
-        for _ in 0..args.pushers.max(1) {
-            let (rx, pushes, addr) = (rx.clone(), pushes.clone(), args.addr.clone());
-            pushers.push(tokio::spawn(async move {
-                let mut conn = Conn::connect(&addr).await?;
-                loop {
-                    let next = rx.lock().await.recv().await;
-                    let Some(n) = next else {
-                        return anyhow::Ok(());
-                    };
-                    push(&mut conn, &pushes, n).await?;
-                }
-            }));
-        }
-        let started = Instant::now();
-        for n in first..first + count {
-            ticks.tick().await;
-            tx.send(n).await?;
-        }
-        drop(tx);
-        for pusher in pushers {
-            pusher.await??;
-        }
-        let pushing_seconds = started.elapsed().as_secs_f64();
+        // The pushers are the root's other clients: on a runtime (and OS thread) of their own,
+        // so their requests never queue behind the simulated children's reads.
+        let pushing = std::thread::spawn({
+            let (pushes, args) = (pushes.clone(), args.clone());
+            move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(push_at_rate(&args, pushes, first, count))
+            }
+        });
+        let pushing_seconds = tokio::task::spawn_blocking(move || pushing.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the pushing thread panicked"))??;
         for n in first..first + count {
             wait_all(&pushes, n, args.children, Duration::from_secs(60)).await?;
         }
@@ -235,11 +220,13 @@ impl Follow {
     fn page(&self, page: &[u8], cursor: u64) -> anyhow::Result<u64> {
         self.answers.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let page: Value = serde_json::from_slice(page)?;
+        // Parsed whole, but into borrowed fields only: ten thousand simulated children share
+        // this machine's CPUs with the root they measure, so each must cost as little as it can.
+        let page: FeedPage<'_> = serde_json::from_slice(page)?;
         let mut mine = Vec::new();
-        for event in page["events"].as_array().into_iter().flatten() {
-            if let Some(n) = event["tag"]
-                .as_str()
+        for event in &page.events {
+            if let Some(n) = event
+                .tag
                 .and_then(|t| t.strip_prefix('p'))
                 .and_then(|n| n.parse::<usize>().ok())
             {
@@ -257,8 +244,22 @@ impl Follow {
             drop(counts);
             self.seen.lock().unwrap().extend(mine);
         }
-        Ok(page["next"].as_u64().unwrap_or(cursor).max(cursor))
+        Ok(page.next.max(cursor))
     }
+}
+
+/// A feed page as the load client reads it: the tags of its events and the cursor after it.
+#[derive(serde::Deserialize)]
+struct FeedPage<'a> {
+    #[serde(borrow)]
+    events: Vec<FeedEvent<'a>>,
+    next: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct FeedEvent<'a> {
+    #[serde(borrow, default)]
+    tag: Option<&'a str>,
 }
 
 /// One child: long-poll, note each event's arrival, ask again.
@@ -377,6 +378,45 @@ async fn latest_seq(http: &mut Conn) -> anyhow::Result<u64> {
 }
 
 const CONFIG: &[u8] = b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}";
+
+/// Push `count` manifests from number `first` at `--rate` per second from `--pushers`
+/// connections, each pushing one at a time; the seconds it took.
+async fn push_at_rate(
+    args: &Args,
+    pushes: Arc<Pushes>,
+    first: usize,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // The ticks hand push numbers to `--pushers` connections, each pushing one at a time.
+    let (tx, rx) = tokio::sync::mpsc::channel::<usize>(count.max(1));
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut pushers = Vec::new();
+    for _ in 0..args.pushers.max(1) {
+        let (rx, pushes, addr) = (rx.clone(), pushes.clone(), args.addr.clone());
+        pushers.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&addr).await?;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(n) = next else {
+                    return anyhow::Ok(());
+                };
+                push(&mut conn, &pushes, n).await?;
+            }
+        }));
+    }
+    let started = Instant::now();
+    for n in first..first + count {
+        ticks.tick().await;
+        tx.send(n).await?;
+    }
+    drop(tx);
+    for pusher in pushers {
+        pusher.await??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
 
 fn config_digest() -> String {
     use sha2::Digest;

@@ -400,27 +400,40 @@ fn a_thousand_long_polls_are_all_answered() {
             let (addr, sent) = (addr.clone(), sent.clone());
             runtime.spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                // Every failure is returned with what it was, so an early end says why.
+                let mut stream = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
                 let request = format!(
                     "GET {FEED}?since={next}&wait=60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                 );
-                stream.write_all(request.as_bytes()).await.unwrap();
+                stream
+                    .write_all(request.as_bytes())
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
                 sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut answer = Vec::new();
-                stream.read_to_end(&mut answer).await.unwrap();
-                String::from_utf8(answer).unwrap()
+                let read = stream.read_to_end(&mut answer).await;
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                read.map_err(|e| format!("read: {e} after {answer:?}"))?;
+                Ok::<String, String>(answer)
             })
         })
         .collect();
     assert!(
         common::peers::wait_until(Duration::from_secs(60), || {
             sent.load(std::sync::atomic::Ordering::SeqCst) == CHILDREN
+                || polls.iter().any(|p| p.is_finished())
         }),
         "not every long-poll was sent"
     );
     // Let the server take in the last requests; none of them may have been answered yet.
     std::thread::sleep(Duration::from_secs(1));
-    assert!(polls.iter().all(|p| !p.is_finished()), "a poll ended early");
+    if let Some(early) = polls.iter().position(|p| p.is_finished()) {
+        let polls_sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        let outcome = runtime.block_on(polls.into_iter().nth(early).unwrap());
+        panic!("poll {early} of {polls_sent} sent ended before any push: {outcome:?}");
+    }
     let (digest, _) = push_image(&c, &reg, "many", "wake", b"wake");
     let answers = runtime.block_on(async {
         let mut answers = Vec::new();
@@ -429,7 +442,8 @@ fn a_thousand_long_polls_are_all_answered() {
                 tokio::time::timeout(Duration::from_secs(60), poll)
                     .await
                     .expect("a long-poll was never answered")
-                    .unwrap(),
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("a long-poll failed: {e}")),
             );
         }
         answers

@@ -160,6 +160,64 @@ fn a_stream_carries_pages_heartbeats_and_new_pushes() {
     assert!(page["next"].as_u64().unwrap() > next, "{page}");
 }
 
+/// Pushes racing from several clients while a child streams: a page may carry several of them
+/// (whatever became durable while the last line was written), but every event arrives exactly
+/// once, in sequence order, each with its digest.
+#[test]
+fn a_burst_of_pushes_arrives_whole_and_in_order() {
+    const PUSHERS: u64 = 4;
+    const EACH: u64 = 6;
+    let reg = Registry::start();
+    let base = reg.url("");
+    let (head, mut stream) = open(&host(&reg), "since=0&heartbeat=30", PROTOCOL);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let mut expected: Vec<(String, String)> = std::thread::scope(|scope| {
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let base = &base;
+                scope.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let seed = 3200 + p * EACH + i;
+                            let image = image(seed, 300);
+                            let tag = format!("t{seed}");
+                            push_image(base, "burst/app", &tag, &image);
+                            (tag, image.digest)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        pushers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect()
+    });
+    let (mut seen, mut pages, mut last_seq, mut last_next) = (Vec::new(), 0, 0, 0);
+    while seen.len() < expected.len() {
+        let page = stream
+            .line(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the stream ended after {seen:?}"));
+        pages += 1;
+        for event in page["events"].as_array().unwrap() {
+            let seq = event["seq"].as_u64().unwrap();
+            assert!(
+                seq > last_seq,
+                "out of order: {seq} after {last_seq}: {page}"
+            );
+            last_seq = seq;
+        }
+        let next = page["next"].as_u64().unwrap();
+        assert!(next >= last_seq && next >= last_next, "{page}");
+        last_next = next;
+        seen.extend(tags_in(&page));
+    }
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected, "each push's event exactly once");
+    println!("{} pushes arrived in {pages} pages", expected.len());
+}
+
 /// Everything a long-poll checks is checked before the switch, with the same errors; a request
 /// for another protocol is an ordinary long-poll.
 #[test]
@@ -232,6 +290,55 @@ fn a_stream_ends_when_its_token_is_disabled() {
     );
     let (head, _) = open_as(&host, "since=0", PROTOCOL, Some(&auth));
     assert!(head.starts_with("http/1.1 401"), "{head}");
+}
+
+/// Children waiting at the same place get one line made for all of them only when they may read
+/// every event in it: a child whose token covers `apps/*` and one whose token covers `secret/*`
+/// each see only their own repository's pushes, in turn, as the other one's pass them by.
+#[test]
+fn each_stream_gets_only_what_its_token_may_read() {
+    let (mut pusher, mut apps, mut secret) = (String::new(), String::new(), String::new());
+    let node = SecuredNode::start(json!({"name": "rootnode"}), |config| {
+        pusher = common::credentials::create_token(
+            config,
+            "pusher",
+            &["--repository", "*", "content/read", "content/write"],
+        );
+        apps = create_sync_token(config, "childa", "apps/*");
+        secret = create_sync_token(config, "childb", "secret/*");
+    });
+    let (host, base) = (host(&node.reg), node.base());
+    let pusher = basic("pusher", &pusher);
+    let mut streams: Vec<Lines> = [("childa", &apps), ("childb", &secret)]
+        .into_iter()
+        .map(|(name, password)| {
+            let auth = basic(name, password);
+            let (head, lines) = open_as(&host, "since=0&heartbeat=60", PROTOCOL, Some(&auth));
+            assert!(head.starts_with("http/1.1 101"), "{name}: {head}");
+            lines
+        })
+        .collect();
+    for (n, repo) in ["apps/one", "secret/one", "apps/two", "secret/two"]
+        .into_iter()
+        .enumerate()
+    {
+        let image = image(3300 + n as u64, 300);
+        common::credentials::push_image_as(&base, Some(&pusher), repo, "v1", &image)
+            .unwrap_or_else(|r| panic!("push to {repo}: {}", r.status));
+        for (stream, allowed) in streams.iter_mut().zip(["apps/", "secret/"]) {
+            let page = stream
+                .line(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{allowed} stream ended at push {n}"));
+            let events = page["events"].as_array().unwrap();
+            if repo.starts_with(allowed) {
+                assert_eq!(events.len(), 1, "{allowed}: {page}");
+                assert_eq!(events[0]["repository"], repo, "{page}");
+                assert_eq!(events[0]["digest"], image.digest.as_str(), "{page}");
+            } else {
+                assert!(events.is_empty(), "{allowed} was shown {repo}: {page}");
+            }
+        }
+    }
 }
 
 /// Over TLS a stream is served on HTTP/1.1 (the socket under TLS is taken back the same way),

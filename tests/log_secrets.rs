@@ -552,8 +552,11 @@ fn serve_on_a_terminal(no_color: Option<&str>) -> String {
     let script = require("script");
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join("terminal.out");
+    let pid_file = tmp.path().join("serve.pid");
+    // The shell writes its pid, then becomes the server: the pid is the server's.
     let command = format!(
-        "exec {BIN} serve --listen 127.0.0.1:{} --data-dir {}",
+        "echo $$ > {}; exec {BIN} serve --listen 127.0.0.1:{} --data-dir {}",
+        pid_file.display(),
         common::free_port(),
         tmp.path().join("data").display()
     );
@@ -572,10 +575,24 @@ fn serve_on_a_terminal(no_color: Option<&str>) -> String {
     let listening = wait_until(Duration::from_secs(30), || {
         text().contains("registry listening")
     });
-    // `script` ends the session (and the server in it) when it is stopped.
+    // Stop the server itself: the hangup a killed `script` leaves behind does not reach a
+    // server whose SIGHUP is ignored (a test run under `nohup`), which would then outlive the
+    // test.
+    let server: Option<libc::pid_t> = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|pid| pid.trim().parse().ok());
+    if let Some(pid) = server {
+        // SAFETY: kill(2) with a pid and a signal number touches no memory.
+        let alive = |signal| unsafe { libc::kill(pid, signal) } == 0;
+        alive(libc::SIGTERM);
+        if !wait_until(Duration::from_secs(10), || !alive(0)) {
+            alive(libc::SIGKILL);
+        }
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(listening, "serve never listened:\n{}", text());
+    assert!(server.is_some(), "no pid in {}", pid_file.display());
     text()
 }
 

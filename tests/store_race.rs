@@ -85,6 +85,25 @@ fn resolved_state(base: &str, images: &[Image]) -> BTreeMap<String, BTreeMap<Str
 /// Replay the whole change feed: per repository, the tag map and the set of manifests present.
 type Replayed = BTreeMap<String, (BTreeMap<String, String>, BTreeSet<String>)>;
 
+/// Every sequence number in the change feed after `since`, read page by page.
+fn feed_seqs(base: &str, mut since: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let r = get(
+            base,
+            &format!("/acr/connected-registry/v1/changes?since={since}"),
+        );
+        assert_eq!(r.status, 200, "change feed: {}", r.text());
+        let page = r.json();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return seqs;
+        }
+        seqs.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        since = page["next"].as_u64().unwrap();
+    }
+}
+
 fn replay_feed(base: &str) -> Replayed {
     let mut state: Replayed = BTreeMap::new();
     let mut since = 0u64;
@@ -192,6 +211,27 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
     images.push(filler);
     let images = Arc::new(images);
     let deadline = Instant::now() + Duration::from_secs(8);
+    let start = feed_seqs(&base, 0).last().copied().unwrap_or(0);
+    // A child following the feed while the clients race, as a child does: from each page's
+    // `next`, waiting for more.
+    let follower = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let (mut since, mut seen) = (start, Vec::new());
+            while Instant::now() < deadline + Duration::from_secs(1) {
+                let r = get(
+                    &base,
+                    &format!("/acr/connected-registry/v1/changes?since={since}&wait=1"),
+                );
+                assert_eq!(r.status, 200, "change feed: {}", r.text());
+                let page = r.json();
+                let events = page["events"].as_array().unwrap();
+                seen.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+                since = page["next"].as_u64().unwrap();
+            }
+            seen
+        })
+    };
     let clients: Vec<_> = (0..6u64)
         .map(|client| {
             let (base, images) = (base.clone(), images.clone());
@@ -230,6 +270,20 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
     let ops: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     eprintln!("{ops} racing operations");
     assert!(ops > 200, "too few operations ran to prove anything: {ops}");
+    // What the follower saw is the whole feed since it started: an event committed after a
+    // newer one was handed out would be behind its cursor, never seen.
+    let followed = follower.join().unwrap();
+    let logged = feed_seqs(&base, start);
+    assert_eq!(
+        followed.len(),
+        logged.len(),
+        "the follower missed events: {:?}",
+        logged
+            .iter()
+            .filter(|s| !followed.contains(s))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(followed, logged, "the follower saw the feed out of order");
     let before = assert_consistent(&base, &images);
     registry.kill9();
     registry.restart();

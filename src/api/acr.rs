@@ -138,6 +138,13 @@ pub(super) struct ChangesPage<'a> {
     pub(super) next: u64,
 }
 
+impl ChangesPage<'_> {
+    /// Whether the page holds all `count` events it was made from (none filtered out).
+    pub(super) fn holds_all(&self, count: usize) -> bool {
+        self.events.len() == count
+    }
+}
+
 /// The query of a change-feed request: `since` (any cursor) and the child's message `ttl`
 /// (in [`TTL_RANGE`]), refused with a 400 naming the parameter when out of range.
 pub(super) fn feed_position(q: &[(String, String)]) -> Result<(u64, Option<u64>)> {

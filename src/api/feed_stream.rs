@@ -13,7 +13,7 @@
 //! are the long-poll's, checked the same way, and a child that does not ask (or an HTTP/2
 //! connection, or a proxy that strips the upgrade) long-polls as before.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -25,12 +25,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::acr::{feed_position, number, page_for, MAX_WAIT, PAGE_LIMIT};
+use super::acr::{feed_position, number, page_for, ChangesPage, MAX_WAIT, PAGE_LIMIT};
 use super::response::Reply;
 use super::{Api, ConnectionSlot};
 use crate::auth::Identity;
 use crate::oci::{Error, Result};
-use crate::store::Store;
+use crate::store::{ChangeEvent, Store};
 
 /// The `Upgrade` token a child asks for and the parent answers with.
 pub const PROTOCOL: &str = "cr-changes/1";
@@ -98,8 +98,26 @@ pub(super) async fn open(
         heartbeat,
         _slot: opening.slot,
     };
-    tokio::spawn(follower.run(opening.upgrade, first));
+    streams_runtime().spawn(follower.run(opening.upgrade, first));
     Ok(Reply::switching_protocols(PROTOCOL))
+}
+
+/// The runtime the streams are written from: threads of their own (half the CPUs, at least
+/// one), so that the writes of a wave (a line to each of thousands of children after a push)
+/// never queue the registry's requests, the next push among them, behind them: the kernel
+/// shares the CPUs between the two. Measured in BENCHMARKS.md ("One line for all"). Created
+/// with the first stream and kept for the life of the process.
+fn streams_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads((cpus / 2).max(1))
+            .thread_name("feed-streams")
+            .enable_all()
+            .build()
+            .expect("a runtime for the change-feed streams")
+    })
 }
 
 /// One child's stream: where it is in the feed and what its pages are filtered by.
@@ -170,7 +188,7 @@ impl Follower {
             };
             let next = waited.and_then(|events| {
                 let page = page_for(&self.store, &self.identity, self.since, self.ttl, &events)?;
-                Ok((line(&page), page.next))
+                Ok((shared_line(&page, &events), page.next))
             });
             match next {
                 Ok((page, next)) => {
@@ -202,6 +220,29 @@ async fn send<I: AsyncWrite + Unpin>(io: &mut I, line: &[u8]) -> bool {
         io.flush().await
     };
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// The line of `page`, made from `events`. A page that holds all of them is the same line for
+/// every child at the same place, and after a push thousands of streams write it: it is made
+/// once and shared (the store hands every follower the same `events`).
+fn shared_line(page: &ChangesPage<'_>, events: &Arc<[ChangeEvent]>) -> Arc<[u8]> {
+    /// The events a line was made from, and the line.
+    type MadeFrom = (Arc<[ChangeEvent]>, Arc<[u8]>);
+    static LAST: Mutex<Option<MadeFrom>> = Mutex::new(None);
+    if events.is_empty() || !page.holds_all(events.len()) {
+        return line(page).into();
+    }
+    // Only a cache: a panic while it was held left nothing that matters.
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match last.as_ref() {
+        // The same events make the same page: `next` is the last one's sequence number.
+        Some((made_from, line)) if Arc::ptr_eq(made_from, events) => line.clone(),
+        _ => {
+            let made: Arc<[u8]> = line(page).into();
+            *last = Some((events.clone(), made.clone()));
+            made
+        }
+    }
 }
 
 fn line(page: &impl serde::Serialize) -> Vec<u8> {

@@ -174,7 +174,12 @@ pub(super) fn record_change(
     digest: &str,
     subject: Option<&str>,
 ) -> std::result::Result<(), UnabortableTransactionError> {
-    // generate_id is strictly increasing across restarts, which is all the feed needs.
+    // generate_id is strictly increasing across restarts, and events commit in the order of
+    // their numbers: sled 0.34 runs each transaction whole under one global lock
+    // (`concurrency_control::write`), so no reader can see a number before a smaller one that
+    // will still commit. A child following the feed relies on both (checked by
+    // `store_race::racing_pushes_tags_untags_and_deletes_keep_the_store_consistent`); a sled
+    // without that lock would need a lock of our own around these transactions.
     let seq = changes.generate_id()? + 1;
     let event = ChangeEvent {
         seq,
