@@ -12,6 +12,10 @@
 //! and its socket. A child sends no request per event either. Nothing else changes: the pages
 //! are the long-poll's, checked the same way, and a child that does not ask (or an HTTP/2
 //! connection, or a proxy that strips the upgrade) long-polls as before.
+//!
+//! After a push every waiting stream writes at once: a page all of them may read in full is
+//! serialised once ([`shared_line`]), and the streams run on a runtime of their own
+//! ([`streams_runtime`]) so the registry's requests do not wait behind such a wave.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,8 +109,10 @@ pub(super) async fn open(
 /// The runtime the streams are written from: threads of their own (half the CPUs, at least
 /// one), so that the writes of a wave (a line to each of thousands of children after a push)
 /// never queue the registry's requests, the next push among them, behind them: the kernel
-/// shares the CPUs between the two. Measured in BENCHMARKS.md ("One line for all"). Created
-/// with the first stream and kept for the life of the process.
+/// shares the CPUs between the two runtimes. Half, not all: with as many stream threads as
+/// CPUs, a root taking 100 pushes a second from 10 000 children fell behind in some runs and
+/// stayed behind (BENCHMARKS.md, "One line for all children"). Created with the first stream
+/// and kept for the life of the process.
 fn streams_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RUNTIME.get_or_init(|| {
