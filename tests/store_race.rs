@@ -85,9 +85,9 @@ fn resolved_state(base: &str, images: &[Image]) -> BTreeMap<String, BTreeMap<Str
 /// Replay the whole change feed: per repository, the tag map and the set of manifests present.
 type Replayed = BTreeMap<String, (BTreeMap<String, String>, BTreeSet<String>)>;
 
-/// Every sequence number in the change feed after `since`, read page by page.
-fn feed_seqs(base: &str, mut since: u64) -> Vec<u64> {
-    let mut seqs = Vec::new();
+/// Every event in the change feed after `since`, read page by page.
+fn feed_events(base: &str, mut since: u64) -> Vec<Value> {
+    let mut events = Vec::new();
     loop {
         let r = get(
             base,
@@ -95,69 +95,63 @@ fn feed_seqs(base: &str, mut since: u64) -> Vec<u64> {
         );
         assert_eq!(r.status, 200, "change feed: {}", r.text());
         let page = r.json();
-        let events = page["events"].as_array().unwrap();
-        if events.is_empty() {
-            return seqs;
+        let page_events = page["events"].as_array().unwrap();
+        if page_events.is_empty() {
+            return events;
         }
-        seqs.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        events.extend(page_events.iter().cloned());
         since = page["next"].as_u64().unwrap();
     }
 }
 
+/// Every sequence number in the change feed after `since`.
+fn feed_seqs(base: &str, since: u64) -> Vec<u64> {
+    feed_events(base, since)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
 fn replay_feed(base: &str) -> Replayed {
     let mut state: Replayed = BTreeMap::new();
-    let mut since = 0u64;
     let mut previous_seq = 0u64;
-    loop {
-        let r = get(
-            base,
-            &format!("/acr/connected-registry/v1/changes?since={since}"),
-        );
-        assert_eq!(r.status, 200, "change feed: {}", r.text());
-        let page = r.json();
-        let events = page["events"].as_array().unwrap().clone();
-        if events.is_empty() {
-            break;
-        }
-        for e in &events {
-            let seq = e["seq"].as_u64().unwrap();
-            assert!(seq > previous_seq, "change feed out of order");
-            previous_seq = seq;
-            let repo = e["repository"].as_str().unwrap().to_owned();
-            let digest = e["digest"].as_str().unwrap().to_owned();
-            let tag = e["tag"].as_str().map(str::to_owned);
-            let (tags, manifests) = state.entry(repo.clone()).or_default();
-            match (e["action"].as_str().unwrap(), tag) {
-                ("push", tag) => {
-                    manifests.insert(digest.clone());
-                    if let Some(tag) = tag {
-                        tags.insert(tag, digest);
-                    }
-                }
-                ("tag", Some(tag)) => {
-                    assert!(
-                        manifests.contains(&digest),
-                        "event {seq} tags {repo}:{tag} to {digest}, which the feed says is not there"
-                    );
+    for e in &feed_events(base, 0) {
+        let seq = e["seq"].as_u64().unwrap();
+        assert!(seq > previous_seq, "change feed out of order");
+        previous_seq = seq;
+        let repo = e["repository"].as_str().unwrap().to_owned();
+        let digest = e["digest"].as_str().unwrap().to_owned();
+        let tag = e["tag"].as_str().map(str::to_owned);
+        let (tags, manifests) = state.entry(repo.clone()).or_default();
+        match (e["action"].as_str().unwrap(), tag) {
+            ("push", tag) => {
+                manifests.insert(digest.clone());
+                if let Some(tag) = tag {
                     tags.insert(tag, digest);
                 }
-                ("untag", Some(tag)) => {
-                    assert_eq!(tags.remove(&tag).as_ref(), Some(&digest), "event {seq}");
-                }
-                ("delete", _) => {
-                    assert!(
-                        manifests.remove(&digest),
-                        "event {seq} deletes an absent manifest"
-                    );
-                    assert!(
-                        !tags.values().any(|d| *d == digest),
-                        "event {seq} deletes {digest} of {repo} while a tag still points at it"
-                    );
-                }
-                (action, tag) => panic!("unexpected event {action} {tag:?}"),
             }
+            ("tag", Some(tag)) => {
+                assert!(
+                    manifests.contains(&digest),
+                    "event {seq} tags {repo}:{tag} to {digest}, which the feed says is not there"
+                );
+                tags.insert(tag, digest);
+            }
+            ("untag", Some(tag)) => {
+                assert_eq!(tags.remove(&tag).as_ref(), Some(&digest), "event {seq}");
+            }
+            ("delete", _) => {
+                assert!(
+                    manifests.remove(&digest),
+                    "event {seq} deletes an absent manifest"
+                );
+                assert!(
+                    !tags.values().any(|d| *d == digest),
+                    "event {seq} deletes {digest} of {repo} while a tag still points at it"
+                );
+            }
+            (action, tag) => panic!("unexpected event {action} {tag:?}"),
         }
-        since = page["next"].as_u64().unwrap();
     }
     state
 }

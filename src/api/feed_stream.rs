@@ -102,7 +102,10 @@ pub(super) async fn open(
         heartbeat,
         _slot: opening.slot,
     };
-    streams_runtime().spawn(follower.run(opening.upgrade, first));
+    match streams_runtime() {
+        Some(runtime) => drop(runtime.spawn(follower.run(opening.upgrade, first))),
+        None => drop(tokio::spawn(follower.run(opening.upgrade, first))),
+    }
     Ok(Reply::switching_protocols(PROTOCOL))
 }
 
@@ -112,18 +115,26 @@ pub(super) async fn open(
 /// shares the CPUs between the two runtimes. Half, not all: with as many stream threads as
 /// CPUs, a root taking 100 pushes a second from 10 000 children fell behind in some runs and
 /// stayed behind (BENCHMARKS.md, "One line for all children"). Created with the first stream
-/// and kept for the life of the process.
-fn streams_runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads((cpus / 2).max(1))
-            .thread_name("feed-streams")
-            .enable_all()
-            .build()
-            .expect("a runtime for the change-feed streams")
-    })
+/// and kept for the life of the process; if its threads cannot be started, streams run on the
+/// registry's own runtime instead.
+fn streams_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((cpus / 2).max(1))
+                .thread_name("feed-streams")
+                .enable_all()
+                .build()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "no threads for the change-feed streams: they \
+                        share the registry's")
+                })
+                .ok()
+        })
+        .as_ref()
 }
 
 /// One child's stream: where it is in the feed and what its pages are filtered by.
