@@ -29,7 +29,15 @@ fn push_blob(c: &Client, reg: &Registry, repo: &str, bytes: &[u8]) -> String {
         .post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
         .body(bytes.to_vec())
         .send()
-        .unwrap();
+        .unwrap_or_else(|e| {
+            // Say what the node logged last (a crash, a refusal to start).
+            let log = reg.log_text();
+            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(8000))..];
+            panic!(
+                "pushing a blob to {}: {e}\nthe end of its log:\n{tail}",
+                reg.host()
+            )
+        });
     assert_eq!(r.status(), StatusCode::CREATED);
     digest
 }
