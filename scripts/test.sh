@@ -10,7 +10,7 @@ step() { echo "==> [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 export DEBIAN_FRONTEND=noninteractive
 step "installing what the tests need"
 need_apt=()
-for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils mosquitto; do
+for pkg in docker-registry skopeo umoci podman buildah containerd runc uidmap fuse-overlayfs busybox-static jq curl wrk apache2-utils mosquitto iproute2; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -91,6 +91,19 @@ fn the_twin_configures_the_module_which_syncs_reports_and_answers_methods() {
     });
     assert_eq!(reported["name"], "edgenode");
     assert_eq!(reported["config"]["source"], "twin");
+    // From the first patch on, the hub sees the node as its twin configured it: never the
+    // unnamed default it starts as before the twin arrives.
+    let patches = standin.reported_patches();
+    let first = &patches.first().expect("a reported patch")["patch"];
+    assert_eq!(first["name"], "edgenode", "first patch: {first:#}");
+    assert_eq!(first["config"]["source"], "twin", "first patch: {first:#}");
+    for applied in &patches {
+        let patch = &applied["patch"];
+        assert!(
+            patch.get("name").is_none_or(|n| n == "edgenode"),
+            "a patch named the node otherwise: {patch:#}"
+        );
+    }
     assert!(
         reported["sync"]["progress"]["manifests"]["done"].as_u64() >= Some(1),
         "{reported:#}"

@@ -139,6 +139,10 @@ async fn apply_desired(
             changed = desired.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }
+        // Read before the desired properties: what is applied below is at least this twin.
+        let received = state
+            .twins_received
+            .load(std::sync::atomic::Ordering::SeqCst);
         let current = desired.borrow_and_update().clone();
         let Some(current) = current else { continue };
         match current.config() {
@@ -158,5 +162,6 @@ async fn apply_desired(
             }
             Err(message) => node.reject(ConfigSource::Twin, &message),
         }
+        state.twins_applied.send_replace(received);
     }
 }

@@ -9,6 +9,7 @@
 //! until edgeHub acknowledges it; answer direct methods.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +32,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A twin `GET` not answered within this is asked again.
 const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the first report after a twin `GET` waits for its desired properties to be applied
+/// (a configuration that takes longer is reported as it stands then).
+const APPLY_WAIT: Duration = Duration::from_secs(30);
 /// Largest packet read (a full twin is at most 2 × 32 KB) and written (telemetry ≤ 256 KB).
 const MAX_INCOMING_PACKET: usize = 1024 * 1024;
 const MAX_OUTGOING_PACKET: usize = 300 * 1024;
@@ -48,6 +52,14 @@ pub struct ModuleState {
     pub telemetry_queued: Notify,
     /// The newest desired properties, for the task that applies them as configuration.
     pub desired: watch::Sender<Option<Desired>>,
+    /// Counts the whole twins handed to `desired` (one per answered `GET`).
+    pub twins_received: AtomicU64,
+    /// The count of `twins_received` the apply task has seen through (applied or refused).
+    pub twins_applied: watch::Sender<u64>,
+    /// Request ids for the whole process, never per connection: the broker may hand a new
+    /// connection a response meant for the last one (a persistent session), and a reused id
+    /// would take it for the answer to its own request.
+    next_rid: AtomicU64,
 }
 
 impl ModuleState {
@@ -56,6 +68,9 @@ impl ModuleState {
             telemetry: Mutex::new(Queue::default()),
             telemetry_queued: Notify::new(),
             desired: watch::Sender::new(None),
+            twins_received: AtomicU64::new(0),
+            twins_applied: watch::Sender::new(0),
+            next_rid: AtomicU64::new(1),
         })
     }
 
@@ -118,8 +133,10 @@ struct Session<'a> {
     state: &'a ModuleState,
     client: Option<AsyncClient>,
     connected: bool,
-    next_rid: u64,
     twin_get: Option<(String, Instant)>,
+    /// After a twin `GET`: which twin the first report waits for the apply task to finish,
+    /// and since when (so the hub never sees the state from before the twin's configuration).
+    report_waits_for: Option<(u64, Instant)>,
     /// What the hub holds of the reported properties (known once the twin `GET` answered).
     confirmed: Option<Value>,
     patch_in_flight: Option<(String, Value)>,
@@ -136,8 +153,8 @@ impl<'a> Session<'a> {
             state,
             client: None,
             connected: false,
-            next_rid: 1,
             twin_get: None,
+            report_waits_for: None,
             confirmed: None,
             patch_in_flight: None,
             last_patch_at: None,
@@ -183,6 +200,7 @@ impl<'a> Session<'a> {
         let life = Duration::from_secs(expiry.saturating_sub(now));
         let renew_at = Instant::now() + life.mul_f64(super::sas::RENEW_AT_FRACTION);
         let mut status = self.node.status().subscribe();
+        let mut applied = self.state.twins_applied.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let state = self.state;
         let result = loop {
@@ -207,6 +225,7 @@ impl<'a> Session<'a> {
                 _ = tick.tick() => self.maintain(),
                 _ = state.telemetry_queued.notified() => self.send_telemetry(),
                 _ = status.changed() => self.report(),
+                _ = applied.changed() => self.report(),
             }
         };
         // Whatever edgeHub did not acknowledge goes out again on the next connection.
@@ -238,9 +257,10 @@ impl<'a> Session<'a> {
     }
 
     fn rid(&mut self) -> String {
-        let rid = self.next_rid;
-        self.next_rid += 1;
-        rid.to_string()
+        self.state
+            .next_rid
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string()
     }
 
     fn publish(&mut self, topic: String, payload: Vec<u8>, what: Sent) -> bool {
@@ -360,7 +380,9 @@ impl<'a> Session<'a> {
             }
             let twin: Value = serde_json::from_slice(payload).unwrap_or_default();
             let desired = Desired::from_full(twin.get("desired").unwrap_or(&Value::Null));
+            let received = self.state.twins_received.fetch_add(1, Ordering::SeqCst) + 1;
             self.state.desired.send_replace(Some(desired));
+            self.report_waits_for = Some((received, Instant::now()));
             self.confirmed = Some(match twin.get("reported") {
                 Some(r @ Value::Object(_)) => super::twin::strip_bookkeeping(r),
                 _ => Value::Object(Default::default()),
@@ -413,6 +435,12 @@ impl<'a> Session<'a> {
 
     /// Patch the reported properties with what changed, at most every [`REPORT_INTERVAL`].
     fn report(&mut self) {
+        if let Some((twin, since)) = self.report_waits_for {
+            if *self.state.twins_applied.borrow() < twin && since.elapsed() < APPLY_WAIT {
+                return;
+            }
+            self.report_waits_for = None;
+        }
         let Some(confirmed) = &self.confirmed else {
             return;
         };

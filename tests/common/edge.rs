@@ -394,6 +394,11 @@ impl EdgeStandin {
     }
 
     /// Reported patches the stand-in refused (as edgeHub would), with the rules they broke.
+    /// The reported patches the stand-in applied, oldest first: `{rid, patch, receivedAt}`.
+    pub fn reported_patches(&self) -> Vec<Value> {
+        as_array(self.ok("GET", "/twin/reported/patches", None))
+    }
+
     pub fn violations(&self) -> Vec<Value> {
         as_array(self.ok("GET", "/violations", None))
     }
@@ -449,7 +454,16 @@ impl EdgeStandin {
             last = self.twin()["reported"].clone();
             pred(&last)
         });
-        assert!(ok, "reported properties never matched within {timeout:?}; last: {last:#}\nviolations: {:#?}", self.violations());
+        if !ok {
+            let patches = self.reported_patches();
+            panic!(
+                "reported properties never matched within {timeout:?}; last: {last:#}\n\
+                 last patches applied: {:#?}\nviolations: {:#?}\nMQTT connections: {:#?}",
+                &patches[patches.len().saturating_sub(8)..],
+                self.violations(),
+                self.connections()
+            );
+        }
         last
     }
 

@@ -36,6 +36,66 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether process `pid` holds a TCP socket listening on `port` (IPv4 or IPv6): the inodes of
+/// the listening sockets in `/proc/net/tcp{,6}` against the `socket:[inode]` links in
+/// `/proc/<pid>/fd`.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        })
+    })
+}
+
+/// Inodes of the sockets listening on TCP `port`, from `/proc/net/tcp` and `/proc/net/tcp6`
+/// (columns: `sl local_address rem_address st … inode`; `st` 0A is LISTEN).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let wanted = format!("{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state == "0A" && local.rsplit(':').next() == Some(wanted.as_str()) {
+                inodes.push((*inode).to_owned());
+            }
+        }
+    }
+    inodes
+}
+
+/// Who listens on TCP `port`, as `ss -ltnp` says (for a failure message).
+pub fn listeners_of(port: u16) -> String {
+    let out = match Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => return format!("(cannot run ss: {e})"),
+    };
+    if out.trim().is_empty() {
+        "nobody".to_owned()
+    } else {
+        out.trim().to_owned()
+    }
+}
+
 /// Raise this process's soft open-files limit to the hard one (a test holding a thousand
 /// connections), and fail clearly when even that is too low.
 pub fn raise_open_files_limit() -> u64 {
@@ -98,6 +158,13 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How a start ended (anything else fails the test where it happened).
+enum Started {
+    Listening,
+    /// The registry exited and another program listens on its port (`ss` says who).
+    PortTaken(String),
+}
+
 /// A running registry process.
 pub struct Registry {
     pub port: u16,
@@ -144,11 +211,24 @@ impl Registry {
             log: tmp.path().join("registry.log"),
             _tmp: Some(tmp),
         };
-        r.spawn();
-        r
+        // A port another program took between `free_port` and the bind (the registry exits,
+        // refused it) is not the test's business: start again on another one, and say so.
+        for _ in 0..3 {
+            match r.spawn() {
+                Started::Listening => return r,
+                Started::PortTaken(who) => {
+                    eprintln!(
+                        "port {} was taken before the registry could listen ({who}); another port",
+                        r.port
+                    );
+                    r.port = free_port();
+                }
+            }
+        }
+        panic!("three ports in a row were taken before the registry could listen on them");
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Started {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -169,25 +249,39 @@ impl Registry {
             .spawn()
             .expect("spawn connected-registry");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    /// Wait until the process this harness started listens on its port. A TCP connect is not
+    /// proof: another program holding the port (a leaked server, a container's published port)
+    /// accepts it too, and the registry, refused the port, exits a moment later; the test's
+    /// requests then meet "connection refused". So readiness is read from /proc: a listening
+    /// socket on the port that is one of the child's own descriptors.
+    fn wait_ready(&mut self) -> Started {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let pid = self.pid();
+            if listens_on(pid, self.port) {
+                return Started::Listening;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                if !listening_inodes(self.port).is_empty() {
+                    return Started::PortTaken(listeners_of(self.port));
+                }
                 panic!(
-                    "registry exited early ({status}); log:\n{}",
-                    self.log_text()
+                    "registry exited early ({status}); who listens on {port}: {who}\nlog:\n{log}",
+                    port = self.port,
+                    who = listeners_of(self.port),
+                    log = self.log_text()
                 );
             }
             assert!(
                 Instant::now() < deadline,
-                "registry did not start; log:\n{}",
-                self.log_text()
+                "registry did not start listening on {port}; who listens there: {who}\nlog:\n{log}",
+                port = self.port,
+                who = listeners_of(self.port),
+                log = self.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -243,7 +337,12 @@ impl Registry {
     /// Start the server again on the same port and data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
-        self.spawn();
+        if let Started::PortTaken(who) = self.spawn() {
+            panic!(
+                "the registry cannot listen on {} again: taken by {who}",
+                self.port
+            );
+        }
     }
 
     pub fn data_path(&self, rel: &str) -> PathBuf {
@@ -298,6 +397,23 @@ fn unsafe_kill(pid: u32, signal: &str) {
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        // A test that failed shows what the node said last (whether it still ran, what it
+        // answered): the test's own message rarely has it.
+        if std::thread::panicking() {
+            let running = match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) => "running".to_owned(),
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Err(e)) => format!("unknown: {e}"),
+                None => "stopped by the test".to_owned(),
+            };
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- registry on port {} ({running}), last lines of its log:\n{}",
+                self.port,
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
         self.kill9();
         // A panic in the server is a bug even when the client got an answer (the server turns
         // a handler's panic into a 500): every test that starts a registry fails on one.

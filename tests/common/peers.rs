@@ -640,14 +640,22 @@ impl Distribution {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry");
+        let pid = child.id();
         self.child = Some(child);
-        let base = self.url();
+        let (base, port) = (self.url(), self.port);
+        // Its own listening socket, not just an answer: another program on the port answers too.
         let ok = wait_until(Duration::from_secs(20), || {
-            reqwest::blocking::get(format!("{base}/v2/"))
-                .map(|r| matches!(r.status().as_u16(), 200 | 401))
-                .unwrap_or(false)
+            super::listens_on(pid, port)
+                && reqwest::blocking::get(format!("{base}/v2/"))
+                    .map(|r| matches!(r.status().as_u16(), 200 | 401))
+                    .unwrap_or(false)
         });
-        assert!(ok, "docker-registry did not start:\n{}", self.log_text());
+        assert!(
+            ok,
+            "docker-registry did not start on {port} (who listens there: {}):\n{}",
+            super::listeners_of(port),
+            self.log_text()
+        );
     }
 
     pub fn host(&self) -> String {

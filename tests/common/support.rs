@@ -397,4 +397,30 @@ mod tests {
         assert_eq!(g.digest(), crate::common::sha256(&all));
         assert_ne!(Gen::new(10, 1000).to_vec(), all);
     }
+
+    /// The harness's readiness check: a port is "ours" only when the process holds the
+    /// listening socket, on IPv4 and IPv6; another process's listener, or none, is not.
+    #[test]
+    fn a_listening_socket_belongs_only_to_its_process() {
+        let me = std::process::id();
+        let port = crate::common::free_port();
+        assert!(!crate::common::listens_on(me, port), "nobody listens yet");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        assert!(crate::common::listens_on(me, port));
+        assert!(
+            !crate::common::listens_on(1, port),
+            "pid 1 does not hold it"
+        );
+        let connected = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(listener);
+        assert!(
+            !crate::common::listens_on(me, port),
+            "a connection left over is not a listener"
+        );
+        drop(connected);
+        let port6 = crate::common::free_port();
+        let _v6 = std::net::TcpListener::bind(("::1", port6)).unwrap();
+        assert!(crate::common::listens_on(me, port6));
+        assert!(crate::common::listeners_of(port6).contains(&port6.to_string()));
+    }
 }

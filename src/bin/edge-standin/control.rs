@@ -1,7 +1,7 @@
 //! The control API (HTTP/1.1 on loopback, JSON in and out): how a test or a developer plays
 //! IoT Hub and the operator — read and change the twin, read telemetry, call direct methods,
-//! see the MQTT connections and refused reported patches, count workload API requests, and
-//! stop, start or restart the broker.
+//! see the MQTT connections, the reported patches applied and refused, count workload API
+//! requests, and stop, start or restart the broker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +73,9 @@ impl Control {
                 Ok(patch) => json_reply(StatusCode::OK, &self.responder.patch_desired(patch)),
                 Err(refusal) => refusal.into(),
             },
+            (&Method::GET, ["twin", "reported", "patches"]) => {
+                json_reply(StatusCode::OK, &self.responder.reported_patches())
+            }
             (&Method::GET, ["telemetry"]) => {
                 json_reply(StatusCode::OK, &self.responder.telemetry())
             }
@@ -104,6 +107,7 @@ impl Control {
                 _,
                 ["twin"]
                 | ["twin", "desired"]
+                | ["twin", "reported", "patches"]
                 | ["telemetry"]
                 | ["methods", _]
                 | ["connections"]

@@ -28,6 +28,8 @@ pub const CLIENT_ID: &str = "edge-standin-responder";
 /// Telemetry messages kept (oldest dropped first).
 const MAX_TELEMETRY: usize = 10_000;
 const MAX_VIOLATIONS: usize = 1_000;
+/// Applied reported patches kept, in order (oldest dropped first).
+const MAX_REPORTED_PATCHES: usize = 1_000;
 /// Bigger than edgeHub's 256 KiB message limit, so the stand-in never refuses what edgeHub takes.
 const MAX_PACKET: usize = 1024 * 1024;
 
@@ -43,6 +45,8 @@ pub struct Responder {
     twin: Mutex<Twin>,
     telemetry: Mutex<VecDeque<Value>>,
     violations: Mutex<Vec<Value>>,
+    /// Every reported patch applied, in the order applied: what the hub was told, and when.
+    reported_patches: Mutex<VecDeque<Value>>,
     pending: Mutex<HashMap<String, oneshot::Sender<MethodReply>>>,
     next_rid: AtomicU64,
     /// Counts the times the responder's subscriptions were granted (once per connection).
@@ -84,6 +88,7 @@ impl Responder {
             twin: Mutex::new(Twin::new(desired)),
             telemetry: Mutex::new(VecDeque::new()),
             violations: Mutex::new(Vec::new()),
+            reported_patches: Mutex::new(VecDeque::new()),
             pending: Mutex::new(HashMap::new()),
             next_rid: AtomicU64::new(1),
             subscribed,
@@ -217,6 +222,17 @@ impl Responder {
     fn reported_patch(&self, rid: &str, payload: &[u8]) {
         match validate_reported(payload) {
             Ok(patch) => {
+                {
+                    let mut history = lock(&self.reported_patches);
+                    if history.len() >= MAX_REPORTED_PATCHES {
+                        history.pop_front();
+                    }
+                    history.push_back(json!({
+                        "rid": rid,
+                        "patch": Value::Object(patch.clone()),
+                        "receivedAt": now_rfc3339(),
+                    }));
+                }
                 lock(&self.twin).patch_reported(&patch);
                 self.publish(format!("$iothub/twin/res/204/?$rid={rid}"), Vec::new());
             }
@@ -253,6 +269,10 @@ impl Responder {
 
     pub fn clear_telemetry(&self) {
         lock(&self.telemetry).clear();
+    }
+
+    pub fn reported_patches(&self) -> Value {
+        Value::Array(lock(&self.reported_patches).iter().cloned().collect())
     }
 
     pub fn violations(&self) -> Value {
