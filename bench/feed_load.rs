@@ -120,11 +120,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if args.status_every > 0 {
+        // A real status document: the root's own, under each child's name (read once).
+        let status = Arc::new(own_status(&args.addr).await?);
         for i in 0..args.children {
-            let addr = args.addr.clone();
+            let (addr, status) = (args.addr.clone(), status.clone());
             let every = Duration::from_secs(args.status_every);
             let offset = every.mul_f64(i as f64 / args.children as f64);
-            tokio::spawn(async move { report_status(i, &addr, every, offset).await });
+            tokio::spawn(async move { report_status(i, &addr, &status, every, offset).await });
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -309,22 +311,21 @@ async fn stream_child(
     }
 }
 
-/// Activate child `i`, then report its status every `every`, first after `offset`.
-async fn report_status(i: usize, addr: &str, every: Duration, offset: Duration) {
+/// After `offset` (children spread over one period, as real ones start at different times),
+/// activate child `i`, retrying as a real child does when the root is busy (a 503 at its
+/// connection cap), then report its status every `every`.
+async fn report_status(
+    i: usize,
+    addr: &str,
+    root_status: &Value,
+    every: Duration,
+    offset: Duration,
+) {
     let name = format!("child{i:05}");
     let activate =
         json!({"instanceId": format!("load-{i}"), "mode": "ReadOnly", "version": "load"});
-    // A real status document: the root's own, under this child's name.
-    let status = match own_status(addr).await {
-        Ok(mut status) => {
-            status["name"] = json!(name);
-            status
-        }
-        Err(e) => {
-            eprintln!("{name}: reading the root's status failed: {e:#}");
-            return;
-        }
-    };
+    let mut status = root_status.clone();
+    status["name"] = json!(name);
     let one_shot = |method: &'static str, path: String, body: Value| {
         let addr = addr.to_owned();
         async move {
@@ -337,11 +338,21 @@ async fn report_status(i: usize, addr: &str, every: Duration, offset: Duration) 
         }
     };
     let base = format!("/acr/connected-registry/v1/registries/{name}");
-    if let Err(e) = one_shot("POST", format!("{base}/activate"), activate).await {
-        eprintln!("{name}: activation failed: {e:#}");
-        return;
-    }
     tokio::time::sleep(offset).await;
+    let mut pause = Duration::from_secs(1);
+    for attempt in 1.. {
+        match one_shot("POST", format!("{base}/activate"), activate.clone()).await {
+            Ok(()) => break,
+            Err(e) if attempt >= 6 => {
+                eprintln!("{name}: activation failed {attempt} times: {e:#}");
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
     loop {
         if let Err(e) = one_shot("PUT", format!("{base}/status"), status.clone()).await {
             eprintln!("{name}: status report failed: {e:#}");

@@ -341,57 +341,6 @@ fn each_stream_gets_only_what_its_token_may_read() {
     }
 }
 
-/// Over TLS a stream is served on HTTP/1.1 (the socket under TLS is taken back the same way),
-/// and a client whose connection negotiated HTTP/2 (as a child's does by default) gets the same
-/// request, headers and all, answered as a long-poll.
-#[test]
-fn over_tls_http1_streams_and_http2_long_polls() {
-    use tokio::io::AsyncBufReadExt;
-    let tls = common::TlsRegistry::start();
-    let root = reqwest::Certificate::from_pem(tls.cert_pem.as_bytes()).unwrap();
-    let client = |http1_only: bool| {
-        let builder = reqwest::Client::builder()
-            .add_root_certificate(root.clone())
-            .use_rustls_tls();
-        let builder = if http1_only {
-            builder.http1_only()
-        } else {
-            builder
-        };
-        builder.build().unwrap()
-    };
-    let url = tls.url(&format!("{FEED}?since=0&wait=0&heartbeat=1"));
-    let ask = |c: reqwest::Client| {
-        c.get(&url)
-            .header("Connection", "upgrade")
-            .header("Upgrade", PROTOCOL)
-            .send()
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let r = ask(client(true)).await.unwrap();
-        assert_eq!(r.version(), reqwest::Version::HTTP_11);
-        assert_eq!(r.status(), 101);
-        let mut lines = tokio::io::BufReader::new(r.upgrade().await.unwrap());
-        let mut line = String::new();
-        tokio::time::timeout(Duration::from_secs(5), lines.read_line(&mut line))
-            .await
-            .expect("a heartbeat within 5 s")
-            .unwrap();
-        let beat: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(beat, json!({"events": [], "next": 0}));
-
-        let r = ask(client(false)).await.unwrap();
-        assert_eq!(r.version(), reqwest::Version::HTTP_2);
-        assert_eq!(r.status(), 200);
-        let page: Value = r.json().await.unwrap();
-        assert_eq!(page, json!({"events": [], "next": 0}));
-    });
-}
-
 /// A stream holds its connection's place under `maxConnections` until it ends.
 #[test]
 fn streams_count_under_the_connection_cap() {

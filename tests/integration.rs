@@ -18,6 +18,7 @@ mod crash;
 mod edge_module;
 mod edge_standin;
 mod feed;
+mod feed_over_tls;
 mod feed_stream;
 mod gc;
 mod health;

@@ -1,5 +1,6 @@
 //! The node-to-node endpoints under `/acr/connected-registry/v1/` (DESIGN.md, "Node-to-node
-//! API"): the long-poll change feed children follow, and this node's own status.
+//! API"): the change feed children follow (a long-poll, or the same request upgraded to a
+//! stream in [`super::feed_stream`]), and this node's own status.
 //!
 //! Only `/v2/…` and `/acr/…` pass the IoT Edge API proxy, which is why these live here and not
 //! on a separate port. A waiting long-poll holds no thread (it awaits the store's change watch)

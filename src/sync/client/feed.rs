@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use reqwest::{header, Method, StatusCode};
 
-use super::body::{read_body, BodyError};
-use super::{unexpected, Fetched, ParentClient, Req, SyncError, MAX_JSON_BYTES};
+use super::body::read_body;
+use super::{
+    transient_body_error, unexpected, Fetched, ParentClient, Req, SyncError, MAX_JSON_BYTES,
+};
 pub use stream::FeedStream;
 
 /// The `Upgrade` token of the streamed change feed.
@@ -55,10 +57,12 @@ impl ParentClient {
         heartbeat: Duration,
     ) -> Result<FeedAnswer, SyncError> {
         let heartbeat_secs = heartbeat.as_secs().max(1);
-        let req = self
+        let mut req = self
             .changes_request(since, wait_secs, &format!("&heartbeat={heartbeat_secs}"))?
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, STREAM_PROTOCOL);
+        // A TLS parent offers HTTP/2, where nothing upgrades: the stream asks for HTTP/1.1.
+        req.http1_only = true;
         let mut resp = self.send(&req).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upgraded = resp.upgrade().await.map_err(|e| {
@@ -69,17 +73,13 @@ impl ParentClient {
         }
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = read_body(&mut resp, MAX_JSON_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge(limit) => SyncError::Refused(format!(
-                    "{}: the answer is larger than {limit} bytes",
-                    req.describe()
-                )),
-                BodyError::TooSlow(why) | BodyError::Transient(why) => {
-                    SyncError::Transfer(format!("{}: {why}", req.describe()))
-                }
-            })?;
+        // A long-poll's answer is not asked for again here: the follower's next request is.
+        let body = read_body(&mut resp, MAX_JSON_BYTES).await.map_err(|e| {
+            match transient_body_error(&req, e) {
+                Ok(why) => SyncError::Transfer(format!("{}: {why}", req.describe())),
+                Err(error) => error,
+            }
+        })?;
         let f = Fetched {
             status,
             headers,
@@ -156,6 +156,7 @@ impl FeedFollower {
                 Ok(Some(page))
             }
             FeedAnswer::Stream(stream) => {
+                tracing::debug!("following the parent's change feed over a stream");
                 let stream = self.stream.insert(stream);
                 let page = stream.next_page(since, wait).await;
                 if !matches!(page, Ok(Some(_))) {

@@ -177,6 +177,9 @@ pub struct ParentClient {
     /// The endpoint parsed, to resolve relative links and check they stay on the parent.
     origin: Url,
     http: reqwest::Client,
+    /// The same client held to HTTP/1.1, for requests that switch protocols (the change-feed
+    /// stream): over TLS `http` negotiates HTTP/2, where a request cannot upgrade.
+    http1: reqwest::Client,
     credentials: Option<(String, String)>,
     /// Bearer tokens by scope (`repository:<name>:pull`, `registry:catalog:*`, …).
     tokens: Mutex<HashMap<String, CachedToken>>,
@@ -217,6 +220,8 @@ struct Req {
     body: Option<Bytes>,
     /// A blob body: a piece of a file, streamed afresh for each attempt.
     file_body: Option<FileBody>,
+    /// Send over HTTP/1.1 even where HTTP/2 is offered (an `Upgrade` request).
+    http1_only: bool,
 }
 
 impl Req {
@@ -229,6 +234,7 @@ impl Req {
             wait: IDLE_TIMEOUT,
             body: None,
             file_body: None,
+            http1_only: false,
         }
     }
 
@@ -252,6 +258,51 @@ impl Req {
     }
 }
 
+/// The HTTP client for one parent: its CA, timeouts, keepalive probes; `http1_only` for
+/// requests that switch protocols.
+fn http_client(options: &ParentOptions, http1_only: bool) -> Result<reqwest::Client, SyncError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(KEEPALIVE_IDLE)
+        .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+        .tcp_keepalive_retries(KEEPALIVE_PROBES)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("connected-registry/", env!("CARGO_PKG_VERSION")));
+    if http1_only {
+        builder = builder.http1_only();
+    }
+    if let Some(pem) = options.ca_pem.as_deref().filter(|p| !p.trim().is_empty()) {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+            SyncError::Protocol(format!("invalid parent CA certificate: {}", chain(&e)))
+        })?;
+        if certs.is_empty() {
+            return Err(SyncError::Protocol(
+                "the parent CA certificate holds no PEM certificate".into(),
+            ));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| SyncError::Protocol(format!("cannot build the HTTP client: {}", chain(&e))))
+}
+
+/// A body that could not be read whole: `Ok(why)` when another attempt may read it (the
+/// connection broke), else the error to give up with.
+fn transient_body_error(req: &Req, e: BodyError) -> Result<String, SyncError> {
+    match e {
+        BodyError::TooLarge(limit) => Err(SyncError::Refused(format!(
+            "{}: the answer is larger than {limit} bytes",
+            req.describe()
+        ))),
+        BodyError::TooSlow(why) => Err(SyncError::Transfer(format!("{}: {why}", req.describe()))),
+        BodyError::Transient(why) => Ok(why),
+    }
+}
+
 /// A response read whole.
 struct Fetched {
     status: StatusCode,
@@ -269,34 +320,13 @@ impl ParentClient {
                 "invalid parent endpoint {base:?}: expected http(s)://host[:port]"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_keepalive(KEEPALIVE_IDLE)
-            .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
-            .tcp_keepalive_retries(KEEPALIVE_PROBES)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("connected-registry/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = options.ca_pem.as_deref().filter(|p| !p.trim().is_empty()) {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
-                SyncError::Protocol(format!("invalid parent CA certificate: {}", chain(&e)))
-            })?;
-            if certs.is_empty() {
-                return Err(SyncError::Protocol(
-                    "the parent CA certificate holds no PEM certificate".into(),
-                ));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| {
-            SyncError::Protocol(format!("cannot build the HTTP client: {}", chain(&e)))
-        })?;
+        let http = http_client(&options, false)?;
+        let http1 = http_client(&options, true)?;
         Ok(ParentClient {
             base,
             origin,
             http,
+            http1,
             credentials: options.credentials,
             tokens: Mutex::new(HashMap::new()),
             limiter: options.bandwidth_limit.and_then(Limiter::new).map(Arc::new),
@@ -361,16 +391,8 @@ impl ParentClient {
                         body,
                     })
                 }
-                Err(BodyError::TooLarge(limit)) => {
-                    return Err(SyncError::Refused(format!(
-                        "{}: the answer is larger than {limit} bytes",
-                        req.describe()
-                    )))
-                }
-                Err(BodyError::TooSlow(why)) => {
-                    return Err(SyncError::Transfer(format!("{}: {why}", req.describe())))
-                }
-                Err(BodyError::Transient(why)) => {
+                Err(e) => {
+                    let why = transient_body_error(req, e)?;
                     if attempt >= ATTEMPTS {
                         return Err(SyncError::Transfer(format!(
                             "{}: {why} (after {attempt} attempts)",
@@ -444,8 +466,12 @@ impl ParentClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut builder = self
-                .http
+            let client = if req.http1_only {
+                &self.http1
+            } else {
+                &self.http
+            };
+            let mut builder = client
                 .request(req.method.clone(), req.url.clone())
                 .headers(req.headers.clone());
             if let Some(body) = &req.body {
