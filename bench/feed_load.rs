@@ -202,6 +202,15 @@ async fn main() -> anyhow::Result<()> {
         "oneAtATime": one_at_a_time,
         "atRate": at_rate,
         "pushers": args.pushers,
+        "statusReports": if args.status_every > 0 {
+            json!({
+                "activated": ACTIVATED.load(Ordering::SeqCst),
+                "reported": STATUS_REPORTED.load(Ordering::SeqCst),
+                "failed": STATUS_FAILED.load(Ordering::SeqCst),
+            })
+        } else {
+            Value::Null
+        },
     });
     println!("{out}");
     for t in tasks {
@@ -209,6 +218,11 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Children activated, status reports answered 2xx, and status reports that failed.
+static ACTIVATED: AtomicU64 = AtomicU64::new(0);
+static STATUS_REPORTED: AtomicU64 = AtomicU64::new(0);
+static STATUS_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// What every child shares: where the pushes' arrivals are noted.
 struct Follow {
@@ -342,7 +356,10 @@ async fn report_status(
     let mut pause = Duration::from_secs(1);
     for attempt in 1.. {
         match one_shot("POST", format!("{base}/activate"), activate.clone()).await {
-            Ok(()) => break,
+            Ok(()) => {
+                ACTIVATED.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
             Err(e) if attempt >= 6 => {
                 eprintln!("{name}: activation failed {attempt} times: {e:#}");
                 return;
@@ -354,9 +371,13 @@ async fn report_status(
         }
     }
     loop {
-        if let Err(e) = one_shot("PUT", format!("{base}/status"), status.clone()).await {
-            eprintln!("{name}: status report failed: {e:#}");
-        }
+        match one_shot("PUT", format!("{base}/status"), status.clone()).await {
+            Ok(()) => STATUS_REPORTED.fetch_add(1, Ordering::SeqCst),
+            Err(e) => {
+                eprintln!("{name}: status report failed: {e:#}");
+                STATUS_FAILED.fetch_add(1, Ordering::SeqCst)
+            }
+        };
         tokio::time::sleep(every).await;
     }
 }

@@ -19,7 +19,8 @@
 # a push to each child / to all children having its event, for PUSHES pushes made one at a time
 # and for RATE pushes per second over RATE_SECONDS from PUSHERS (8) connections at once. With
 # STATUS=1 the largest count runs once more (first mode of FEEDS) with every child also
-# activated and reporting its status every 30 s.
+# activated (spread over the first 30 s, retried while the root is busy) and reporting its
+# status every 30 s.
 #
 # On one machine the simulated children compete with the root for the CPU; ROOT_CPUS and
 # LOAD_CPUS (taskset lists) give each its own, as a root serving real children elsewhere has.
@@ -128,6 +129,12 @@ for n, r in runs.items():
     for part in (one, rate):
         if part and part["deliveries"] != part["expectedDeliveries"]:
             print(f"  !! {n}: {part['deliveries']} of {part['expectedDeliveries']} deliveries")
+    if r.get("statusReports"):
+        s = r["statusReports"]
+        # Children activate spread over one status period, so a short run sees most, not all.
+        mark = "  " if s["failed"] == 0 else "!!"
+        print(f"  {mark} {n}: {s['activated']} of {r['children']} children activated so far, "
+              f"{s['reported']} status reports answered, {s['failed']} failed")
 print()
 print("targets: <= 8 KiB RSS per waiting child, ~0 CPU while waiting, p99 to all children < 500 ms at 10,000")
 if out:
