@@ -5,8 +5,9 @@
 //! goes away (the next one starts after a backoff of 1 s doubling to 60 s) or when the node
 //! stops. In a session: subscribe to desired patches, methods and twin responses, then `GET`
 //! the whole twin; apply desired properties as configuration; report the status as reported
-//! properties (only what changed, at most every 5 s); send queued telemetry, keeping each event
-//! until edgeHub acknowledges it; answer direct methods.
+//! properties (only what changed, at most every 5 s, and only once the twin's configuration has
+//! been applied, so the hub never sees the unconfigured node); send queued telemetry, keeping
+//! each event until edgeHub acknowledges it; answer direct methods.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
