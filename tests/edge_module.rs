@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::edge::{EdgeOptions, EdgeStandin};
-use common::peers::{self, manifest_digest, poll_every, push_image, random_bytes, Image, Node};
+use common::peers::{
+    self, manifest_digest, poll_every, push_image, random_bytes, wait_for_tag, Image, Node,
+};
 use common::Registry;
 use serde_json::{json, Value};
 
@@ -369,12 +371,8 @@ fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_r
         "the module reconnects after the broker restart: {:#?}",
         standin.connections()
     );
-    assert!(
-        poll_every(Duration::from_millis(200), WAIT, || {
-            manifest_digest(&base, "apps/big", "v1") == Some(big.digest.clone())
-        }),
-        "the sync finishes across the broker restart"
-    );
+    // The sync finishes across the broker restart.
+    wait_for_tag(&module, "apps/big", "v1", &big.digest, WAIT);
     // Reported again after the reconnect, and the events raised meanwhile arrive.
     let reported = standin.wait_for_reported(WAIT, |r| {
         r["sync"]["state"] == "Succeeded" && r["connectionState"] == "Online"
@@ -598,11 +596,6 @@ fn the_sync_method_syncs_a_named_module_outside_its_window() {
         .call_method("sync", json!({}), Duration::from_secs(30))
         .unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(
-        poll_every(Duration::from_millis(100), WAIT, || {
-            manifest_digest(&base, "apps/late", "v1") == Some(image.digest.clone())
-        }),
-        "the sync method did not sync outside the window; log:\n{}",
-        module.log_text()
-    );
+    // The sync method syncs outside the window.
+    wait_for_tag(&module, "apps/late", "v1", &image.digest, WAIT);
 }

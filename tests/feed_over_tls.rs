@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, peers::*, Registry};
+use crate::common::{self, peers::*};
 
 const FEED: &str = "/acr/connected-registry/v1/changes";
 const PROTOCOL: &str = "cr-changes/1";
@@ -79,7 +79,13 @@ fn a_child_of_a_tls_parent_follows_a_stream() {
         "caCertificate": root.cert_pem,
         "sync": {"repositories": ["apps/*"]}
     }}));
-    expect_tag(&child, "apps/tls", "v1", &one.digest);
+    wait_for_tag(
+        &child,
+        "apps/tls",
+        "v1",
+        &one.digest,
+        Duration::from_secs(30),
+    );
     assert!(
         wait_until(Duration::from_secs(30), || child
             .log_text()
@@ -95,19 +101,12 @@ fn a_child_of_a_tls_parent_follows_a_stream() {
 
     let two = Image::new("linux/amd64", &[random_bytes(72, 4 * KIB)]);
     skopeo_seed_as(work.path(), &host, "apps/tls", &[("v2", &two)], None);
-    expect_tag(&child, "apps/tls", "v2", &two.digest);
-    assert!(!child.log_text().contains(FELL_BACK));
-}
-
-fn expect_tag(node: &Registry, repo: &str, tag: &str, digest: &str) {
-    let base = node.url("");
-    assert!(
-        wait_until(Duration::from_secs(30), || manifest_digest(
-            &base, repo, tag
-        )
-        .as_deref()
-            == Some(digest)),
-        "{repo}:{tag} did not reach the child:\n{}",
-        node.log_text()
+    wait_for_tag(
+        &child,
+        "apps/tls",
+        "v2",
+        &two.digest,
+        Duration::from_secs(30),
     );
+    assert!(!child.log_text().contains(FELL_BACK));
 }

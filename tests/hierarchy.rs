@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::credentials::{
     basic, create_sync_token, create_token, error_code, send_as, SecuredNode,
 };
-use common::peers::{detail_codes, get, poll_every, status, wait_until, Node};
+use common::peers::{detail_codes, get, poll_every, status, wait_for_tag, wait_until, Node};
 use common::BIN;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -309,13 +309,12 @@ fn a_child_starts_from_nothing_but_the_environment_get_settings_printed() {
 
     // The child: no configuration file at all, only the environment.
     let child = Registry::start_with_env(&[], &[("ACR_REGISTRY_CONNECTION_STRING", &connection)]);
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            common::peers::manifest_digest(&child.url(""), "apps/x", "v1")
-                == Some(wanted.digest.clone())
-        }),
-        "the child never synced: {}",
-        status(&child.url(""))
+    wait_for_tag(
+        &child,
+        "apps/x",
+        "v1",
+        &wanted.digest,
+        Duration::from_secs(30),
     );
     assert_serves(&child.url(""), "apps/x", "v1", &wanted, None);
     let s = status(&child.url(""));

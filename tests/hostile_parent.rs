@@ -31,17 +31,8 @@ fn nested_indexes_are_refused_without_a_crash_loop() {
     let mut child = child_of(&parent, &["deep", "good"]);
     wait_serves(&child, "good", "v1", &good, MINUTE);
     wait_detail(&child, "Refused", "deep:v1", MINUTE);
-    assert!(
-        wait_until(MINUTE, || manifest_digest(
-            &child.url(""),
-            "deep",
-            "shallow"
-        )
-        .as_deref()
-            == Some(shallow.as_str())),
-        "3 levels of index are within the limit\n{}",
-        status_text(&child)
-    );
+    // 3 levels of index are within the limit.
+    wait_for_tag(&child, "deep", "shallow", &shallow, MINUTE);
     assert_serves(&child.url(""), "deep", &leaf.digest, &leaf, None);
     not_served(&child, "deep", "v1");
     let (state, connection) = sync_state(&child);
@@ -437,13 +428,8 @@ fn referrers_are_checked_every_pass() {
     parent.add_referrer("app", &app.digest, &sig);
     wait_detail(&child, "ParentError", "referrers", MINUTE);
     let base = child.url("");
-    assert!(
-        wait_until(MINUTE, || manifest_digest(&base, "app", &sig.digest)
-            .as_deref()
-            == Some(sig.digest.as_str())),
-        "the signature arrives\n{}",
-        status_text(&child)
-    );
+    // The signature arrives.
+    wait_for_tag(&child, "app", &sig.digest, &sig.digest, MINUTE);
     assert_serves(&base, "app", &sig.digest, &sig, None);
     assert!(wait_until(MINUTE, || sync_state(&child).0 == "Succeeded"));
 }

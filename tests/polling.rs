@@ -37,12 +37,12 @@ fn idle_polling_backs_off_and_a_change_resets_it() {
         &proxy.endpoint(),
         json!({"repositories": ["poll/app"], "pollInterval": "PT1S", "maxPollInterval": "PT4S"}),
     );
-    let c = child.base();
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            manifest_digest(&c, "poll/app", "v1").as_deref() == Some(first.digest.as_str())
-        }),
-        "v1 never synced"
+    wait_for_tag(
+        &child,
+        "poll/app",
+        "v1",
+        &first.digest,
+        Duration::from_secs(30),
     );
     // Idle: the pauses grow 1 s → 2 s → 4 s and stay at 4 s.
     proxy.clear_requests();
@@ -72,11 +72,12 @@ fn idle_polling_backs_off_and_a_change_resets_it() {
     // A change is noticed within one long pause, and the pause returns to 1 s.
     let second = Image::new("linux/amd64", &[random_bytes(1102, 4 * KIB)]);
     skopeo_seed(work.path(), &parent.host(), "poll/app", &[("v2", &second)]);
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            manifest_digest(&c, "poll/app", "v2").as_deref() == Some(second.digest.as_str())
-        }),
-        "v2 never synced"
+    wait_for_tag(
+        &child,
+        "poll/app",
+        "v2",
+        &second.digest,
+        Duration::from_secs(15),
     );
     std::thread::sleep(Duration::from_millis(3000));
     let fetched_at = proxy

@@ -13,8 +13,8 @@ use common::credentials::{
 };
 use common::hostile_child::{wait_active, wait_outbox_empty};
 use common::peers::{
-    assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_until,
-    Image, Node,
+    assert_serves, detail_codes, manifest_digest, push_image, random_bytes, status, wait_for_tag,
+    wait_until, Image, Node,
 };
 use common::Registry;
 use reqwest::Method;
@@ -192,9 +192,13 @@ fn a_tag_moved_at_the_parent_while_a_push_waited_the_parent_wins_and_nothing_is_
         "name": "shipnode2", "mode": "ReadWrite",
         "parent": {"endpoint": root.url(""), "sync": {"repositories": ["apps/*"]}}
     }));
-    assert!(wait_until(Duration::from_secs(30), || {
-        manifest_digest(&child.base(), "apps/web", "v1") == Some(base_image.digest.clone())
-    }));
+    wait_for_tag(
+        &child,
+        "apps/web",
+        "v1",
+        &base_image.digest,
+        Duration::from_secs(30),
+    );
 
     // Offline, the child moves v1 to `local`; it is killed before it can push.
     root.kill9();
@@ -223,9 +227,13 @@ fn a_tag_moved_at_the_parent_while_a_push_waited_the_parent_wins_and_nothing_is_
         manifest_digest(&root.url(""), "apps/web", &local.digest),
         Some(local.digest.clone())
     );
-    assert!(wait_until(Duration::from_secs(30), || {
-        manifest_digest(&child.base(), "apps/web", "v1") == Some(remote.digest.clone())
-    }));
+    wait_for_tag(
+        &child,
+        "apps/web",
+        "v1",
+        &remote.digest,
+        Duration::from_secs(30),
+    );
     assert_serves(&child.base(), "apps/web", &local.digest, &local, None);
     let detail = status(&child.base())["statusDetails"]
         .as_array()

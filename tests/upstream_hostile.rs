@@ -9,10 +9,11 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::hostile_child::{log_tail, status_text, wait_active, wait_outbox_empty};
+use common::hostile_child::{log_tail, wait_active, wait_outbox_empty};
 use common::hostile_parent::{Behavior, HostileParent};
 use common::peers::{
-    assert_serves, manifest_digest, push_image, random_bytes, status, wait_until, Image, Node,
+    assert_serves, manifest_digest, push_image, random_bytes, status, status_text, wait_until,
+    Image, Node,
 };
 
 const LAYER: usize = 40 << 20;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::peers::poll_every;
+use super::peers::{poll_every, tail};
 
 pub const STANDIN_BIN: &str = env!("CARGO_BIN_EXE_edge-standin");
 /// edgeHub's MQTT port, which the Python SDK always uses.
@@ -533,11 +533,6 @@ fn as_array(v: Value) -> Vec<Value> {
         Value::Array(items) => items,
         other => panic!("expected a JSON array, got {other}"),
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// One HTTP/1.1 request over a unix socket with hyper (bounded to 10 s).

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::files_under;
 use super::hostile_parent::HostileParent;
 use super::peers::{
-    assert_serves, get, manifest_digest, random_bytes, status, wait_until, Image, Node,
+    assert_serves, get, random_bytes, status, status_text, tail, wait_for_tag, wait_until, Image,
+    Node,
 };
 use super::Registry;
 
@@ -28,17 +29,8 @@ pub fn image(seed: u64, len: usize) -> Image {
 
 /// Wait until `repo:tag` is served exactly as `image` (every digest verified).
 pub fn wait_serves(node: &Registry, repo: &str, tag: &str, image: &Image, within: Duration) {
-    let base = node.url("");
-    let ok = wait_until(within, || {
-        manifest_digest(&base, repo, tag).as_deref() == Some(image.digest.as_str())
-    });
-    assert!(
-        ok,
-        "{repo}:{tag} not served within {within:?}\nstatus: {}\nlog tail:\n{}",
-        status_text(node),
-        log_tail(node)
-    );
-    assert_serves(&base, repo, tag, image, None);
+    wait_for_tag(node, repo, tag, &image.digest, within);
+    assert_serves(&node.url(""), repo, tag, image, None);
 }
 
 /// Wait (bounded) until the node at `node_base` is activated at its parent.
@@ -61,23 +53,9 @@ pub fn wait_outbox_empty(node_base: &str, within: Duration) {
     );
 }
 
-/// The status document as text (for failure messages).
-pub fn status_text(node: &Registry) -> String {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-        .get(node.url("/acr/connected-registry/v1/status"))
-        .send()
-        .and_then(|r| r.text())
-        .unwrap_or_else(|e| format!("(no status: {e})"))
-}
-
 /// The last 40 lines of the node's log.
 pub fn log_tail(node: &Registry) -> String {
-    let text = node.log_text();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    tail(&node.log_text(), 40)
 }
 
 /// The `statusDetails` entries with `code` whose description contains `needle`.

@@ -18,6 +18,7 @@ use crate::common::images::{
     docker, ensure_image, run_bounded, unique_name, Arch, Container, ContainerSpec, Network,
     NetworkMode, Volume,
 };
+use crate::common::peers::tail;
 use crate::common::{free_port, run};
 pub use crate::scenarios::endpoint::{http, Endpoint};
 
@@ -362,11 +363,6 @@ impl Field {
             tail(&self.lower.node.logs(), 60)
         )
     }
-}
-
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The desired properties the lower node's twin starts with.
