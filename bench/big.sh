@@ -32,14 +32,15 @@ TARGET=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 OURS_BIN=${OURS_BIN:-$TARGET/release/connected-registry}
 TOOL=${TOOL:-$TARGET/release/examples/big-registry}
 
-log() { echo "big: $*" >&2; }
-die() { echo "big: error: $*" >&2; exit 1; }
+BENCH_NAME=big
+# shellcheck source=bench/lib.sh
+source "$REPO_ROOT/bench/lib.sh"
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     (cd "$REPO_ROOT" && cargo build --release --bin connected-registry --example big-registry) >&2
 fi
 [[ -x $OURS_BIN && -x $TOOL ]] || die "missing $OURS_BIN or $TOOL"
-command -v docker-registry >/dev/null || die "docker-registry is not installed"
+require_tools "docker-registry, curl: apt-get install -y docker-registry curl" docker-registry curl python3
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/big.XXXXXX")
 PIDS=()
@@ -51,23 +52,12 @@ cleanup() {
 trap cleanup EXIT
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-record() { echo "$1 $2" >>"$RESULTS"; }
-now_ns() { date +%s%N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kib() { awk '$1=="VmRSS:" {print $2}' "/proc/$1/status"; }
-wait_ready() { # URL -> waits until it answers 200 (10 ms steps, 30 s at most)
-    for _ in $(seq 3000); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null) == 200 ]] && return 0
-        sleep 0.01
-    done
-    die "$1 never answered"
-}
-start_node() { # DATA PORT -> sets NODE_PID
+start_node() { # DATA PORT -> sets NODE_PID once /v2/ answers
     "$OURS_BIN" serve --listen "127.0.0.1:$2" --data-dir "$1" >>"$1.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
+    wait_ready "the node on $1" "http://127.0.0.1:$2" "$NODE_PID" "$1.log"
 }
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # child_sync KEY PARENT_URL R: two `sync --once` passes of a child selecting every 100th repository
 child_sync() {
@@ -81,7 +71,7 @@ child_sync() {
         "$OURS_BIN" sync --once --config "$WORK/child.json" --data-dir "$WORK/child" >"$WORK/$key-$pass.out" 2>&1 ||
             { cat "$WORK/$key-$pass.out" >&2; die "child sync ($key) failed"; }
         t1=$(now_ns)
-        record "${key}_${pass}_s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')"
+        record "${key}_${pass}_s" "$(secs "$t0" "$t1")"
         log "$key $pass pass: $(tail -1 "$WORK/$key-$pass.out")"
     done
 }
@@ -89,34 +79,31 @@ child_sync() {
 # The small-registry manifest GET rate: one repository, one tag.
 port=$(free_port)
 start_node "$WORK/small" "$port"
-wait_ready "http://127.0.0.1:$port/v2/"
 "$TOOL" --addr "127.0.0.1:$port" --repos 1 --tags 1 --untagged 0 seed >/dev/null
 "$TOOL" --addr "127.0.0.1:$port" --repos 1 --tags 1 --untagged 0 measure --tag-samples 1 >"$WORK/small.json"
 record small_get_rps "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifestGetsPerSecond"])' "$WORK/small.json")"
-stop "$NODE_PID"
+stop_pid "$NODE_PID"
 
 for r in $BIG_REPOS; do
     data=$WORK/data-$r
     port=$(free_port)
     start_node "$data" "$port"
-    wait_ready "http://127.0.0.1:$port/v2/"
     log "R=$r: seeding $((r * TAGS)) tags, $((r * (TAGS + UNTAGGED))) manifests"
     "$TOOL" --addr "127.0.0.1:$port" --repos "$r" --tags "$TAGS" --untagged "$UNTAGGED" seed >"$WORK/seed-$r.json"
     record "seed_$r" "$(cat "$WORK/seed-$r.json")"
-    stop "$NODE_PID"
+    stop_pid "$NODE_PID"
     record "metadata_bytes_$r" "$(du -sb "$data/metadata" | awk '{print $1}')"
     t0=$(now_ns)
     start_node "$data" "$port"
-    wait_ready "http://127.0.0.1:$port/v2/"
     t1=$(now_ns)
-    record "start_s_$r" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b-a)/1e9}')"
+    record "start_s_$r" "$(secs "$t0" "$t1")"
     record "start_rss_kib_$r" "$(rss_kib "$NODE_PID")"
     log "R=$r: measuring listings and manifest GETs"
     "$TOOL" --addr "127.0.0.1:$port" --repos "$r" --tags "$TAGS" --untagged "$UNTAGGED" measure >"$WORK/measure-$r.json"
     record "measure_$r" "$(cat "$WORK/measure-$r.json")"
     record "after_rss_kib_$r" "$(rss_kib "$NODE_PID")"
     child_sync "ours_child_$r" "http://127.0.0.1:$port" "$r"
-    stop "$NODE_PID"
+    stop_pid "$NODE_PID"
 done
 
 # The same child against distribution holding the selected repositories of the largest R.
@@ -135,11 +122,11 @@ YML
 docker-registry serve "$WORK/dist/config.yml" >"$WORK/dist/log" 2>&1 &
 DIST_PID=$!
 PIDS+=("$DIST_PID")
-wait_ready "http://127.0.0.1:$dport/v2/"
+wait_ready distribution "http://127.0.0.1:$dport" "$DIST_PID" "$WORK/dist/log"
 "$TOOL" --addr "127.0.0.1:$dport" --repos "$largest" --tags "$TAGS" --untagged "$UNTAGGED" --concurrency 4 \
     seed --stride 100 >"$WORK/dist-seed.json"
 child_sync "dist_child_$largest" "http://127.0.0.1:$dport" "$largest"
-stop "$DIST_PID"
+stop_pid "$DIST_PID"
 
 python3 - "$RESULTS" "$BIG_REPOS" "$TAGS" "$UNTAGGED" "${BENCH_OUT:-}" <<'PY'
 import json, sys

@@ -56,20 +56,13 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/release/connected-registry}
 OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
-die() { echo "bench: error: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+source "$REPO_ROOT/bench/lib.sh"
 
 # ---- tools -------------------------------------------------------------------------------------
-missing=()
-for tool in wrk docker-registry curl python3 jq sha256sum awk; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-if [[ -z ${SKIP_BUILD:-} ]] && ! command -v cargo >/dev/null 2>&1; then missing+=(cargo); fi
-if ((${#missing[@]})); then
-    die "missing tool(s): ${missing[*]}
-  wrk, docker-registry, curl, jq: apt-get install -y wrk docker-registry curl jq
-  cargo: https://rustup.rs (or set SKIP_BUILD=1 with a built target/release/connected-registry)"
-fi
+require_tools "wrk, docker-registry, curl, jq: apt-get install -y wrk docker-registry curl jq" \
+    wrk docker-registry curl python3 jq sha256sum awk
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "cargo build --release"
@@ -83,14 +76,6 @@ OURS_PID=""
 DIST_PID=""
 SAMPLER_PIDS=()
 
-stop_pid() {
-    local pid=$1
-    [[ -n $pid ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -105,23 +90,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # name url pid logfile
-    local name=$1 url=$2 pid=$3 logf=$4
-    for _ in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logf" >&2 || true
-            die "$name exited during start-up (log above)"
-        fi
-        curl -sf -o /dev/null "$url/v2/" && return 0
-        sleep 0.1
-    done
-    tail -n 20 "$logf" >&2 || true
-    die "$name did not answer $url/v2/ within 10 s"
-}
 
 OURS_PORT=$(free_port)
 DIST_PORT=$(free_port)
@@ -177,9 +145,6 @@ echo
 # ---- helpers -----------------------------------------------------------------------------------
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-record() { echo "$1 $2" >>"$RESULTS"; }  # key value
-
-now_ns() { date +%s%N; }
 
 # push_blob BASE_URL REPO FILE DIGEST -> prints elapsed seconds (POST + PUT)
 push_blob() {
@@ -207,9 +172,6 @@ put_manifest() { # base repo tag file
 
 sha() { echo "sha256:$(sha256sum "$1" | awk '{print $1}')"; }
 
-rss_kib() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 best_max() { printf '%s\n' "$@" | sort -g | tail -1; }
 
 # ---- seed the small image -------------------------------------------------------------------------

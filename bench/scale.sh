@@ -50,8 +50,9 @@ ROOT_PIN=() LOAD_PIN=()
 [[ -n $ROOT_CPUS ]] && ROOT_PIN=(taskset -c "$ROOT_CPUS")
 [[ -n $LOAD_CPUS ]] && LOAD_PIN=(taskset -c "$LOAD_CPUS")
 
-log() { echo "scale: $*" >&2; }
-die() { echo "scale: error: $*" >&2; exit 1; }
+BENCH_NAME=scale
+# shellcheck source=bench/lib.sh
+source "$REPO_ROOT/bench/lib.sh"
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     (cd "$REPO_ROOT" && cargo build --release --bin connected-registry --example feed-load) >&2
@@ -63,12 +64,10 @@ log "open-files limit $(ulimit -n)"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scale.XXXXXX")
 ROOT_PID=
 cleanup() {
-    [[ -n $ROOT_PID ]] && kill "$ROOT_PID" 2>/dev/null && wait "$ROOT_PID" 2>/dev/null
+    stop_pid "$ROOT_PID"
     [[ -n ${KEEP_TMP:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # run_one NAME CHILDREN [extra feed-load args...]: a fresh root, one feed-load run, JSON to $WORK/NAME.json
 run_one() {
@@ -79,16 +78,12 @@ run_one() {
     rm -rf "$WORK/data"
     "${ROOT_PIN[@]}" "$OURS_BIN" serve --listen "127.0.0.1:$port" --data-dir "$WORK/data" >"$WORK/$name.log" 2>&1 &
     ROOT_PID=$!
-    for _ in $(seq 100); do
-        curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_ready root "http://127.0.0.1:$port" "$ROOT_PID" "$WORK/$name.log"
     log "$name: $children children"
     "${LOAD_PIN[@]}" "$LOAD_BIN" --addr "127.0.0.1:$port" --children "$children" --pid "$ROOT_PID" \
         --pushes "$PUSHES" --idle-seconds "$IDLE_SECONDS" "$@" >"$WORK/$name.json" 2>"$WORK/$name.err" ||
         { cat "$WORK/$name.err" >&2; die "feed-load failed for $name"; }
-    kill "$ROOT_PID"
-    wait "$ROOT_PID" 2>/dev/null || true
+    stop_pid "$ROOT_PID"
     ROOT_PID=
 }
 

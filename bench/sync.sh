@@ -61,21 +61,13 @@ BENCH_DIR=$REPO_ROOT/bench
 OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/release/connected-registry}
 OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
-die() { echo "bench: error: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+source "$REPO_ROOT/bench/lib.sh"
 
 # ---- tools -------------------------------------------------------------------------------------
-missing=()
-for tool in docker-registry skopeo curl python3 jq sha256sum awk xargs; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
-done
-[[ -x /usr/bin/time ]] || missing+=(/usr/bin/time)
-if [[ -z ${SKIP_BUILD:-} ]] && ! command -v cargo >/dev/null 2>&1; then missing+=(cargo); fi
-if ((${#missing[@]})); then
-    die "missing tool(s): ${missing[*]}
-  docker-registry, skopeo, curl, jq, time: apt-get install -y docker-registry skopeo curl jq time
-  cargo: https://rustup.rs (or set SKIP_BUILD=1 with a built target/release/connected-registry)"
-fi
+require_tools "docker-registry, skopeo, curl, jq, time: apt-get install -y docker-registry skopeo curl jq time" \
+    docker-registry skopeo curl python3 jq sha256sum awk xargs /usr/bin/time
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
     log "cargo build --release"
@@ -91,14 +83,6 @@ C_PID=""      # connected-registry: the parent with a change feed
 CHILD_PID=""  # connected-registry serve --config (a child of A or of C)
 CHECK_PID=""  # connected-registry serve on the data dir of a sync --once, to check its content
 
-stop_pid() {
-    local pid=$1
-    [[ -n $pid ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -115,23 +99,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_ready() { # name url pid logfile
-    local name=$1 url=$2 pid=$3 logf=$4
-    for _ in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logf" >&2 || true
-            die "$name exited during start-up (log above)"
-        fi
-        curl -sf -o /dev/null "$url/v2/" && return 0
-        sleep 0.1
-    done
-    tail -n 20 "$logf" >&2 || true
-    die "$name did not answer $url/v2/ within 10 s"
-}
 
 # start_dist NAME PORT DATADIR ACCESSLOG(on|off) -> sets DIST_STARTED_PID
 start_dist() {
@@ -199,11 +166,6 @@ echo
 # ---- helpers -----------------------------------------------------------------------------------
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
-record() { echo "$1 $2" >>"$RESULTS"; }  # key value
-
-now_ns() { date +%s%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b - a) / 1e9}'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 # CPU seconds (user + system) a process has used so far
 cpu_s() { awk -v t="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$1/stat"; }
 strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
