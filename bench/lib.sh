@@ -57,5 +57,11 @@ record() { echo "$1 $2" >>"$RESULTS"; }  # key value
 now_ns() { date +%s%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b - a) / 1e9}'; }  # from to (ns)
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+# cpu_jiffies -> "total idle" over all CPUs since boot (idle counts iowait too)
+cpu_jiffies() { awk '$1=="cpu" {t=0; for (i=2; i<=NF; i++) t+=$i; print t, $5+$6}' /proc/stat; }
+# disk_of DIR -> the block device (diskstats name) DIR is on
+disk_of() { basename "$(df --output=source "$1" | tail -1)"; }
+# disk_writes DEV -> "writes completed, ms spent doing I/O" of DEV since boot
+disk_writes() { awk -v d="$1" '$3==d {print $8, $13}' /proc/diskstats; }
 # rss_kib PID [FIELD] -> a /proc/PID/status memory field in KiB (VmRSS unless FIELD says)
 rss_kib() { awk -v k="${2:-VmRSS}:" '$1==k {print $2}' "/proc/$1/status"; }

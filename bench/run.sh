@@ -345,19 +345,34 @@ done
 # at the same time; distribution: its filesystem driver's commit). Runs after the pulls and their
 # RSS readings: it leaves tens of thousands of manifests in each server's metadata, whose caches
 # are not the pulls' memory; the RSS after it is its own row.
+# For ours, also what limits it: how idle the machine stayed, and the data disk's writes per PUT
+# and busy share (/proc/stat, /proc/diskstats around the run).
 export CONFIG_DIGEST CONFIG_SIZE LAYER_DIGEST LAYER_SIZE PUT_REPO=bench/small
+DATA_DISK=$(disk_of "$WORK")
 for clients in $PUT_CLIENTS; do
     for who in ours dist; do
         url_var=${who^^}_URL
         threads=$((clients < 2 ? 1 : 2))
         log "manifest PUT ($who): wrk -c$clients -t$threads -d$PUT_DURATION"
+        read -r cpu0 idle0 < <(cpu_jiffies)
+        read -r writes0 busy0 < <(disk_writes "$DATA_DISK")
+        t0=$(now_ns)
         wrk -c"$clients" -t"$threads" -d"$PUT_DURATION" -s "$REPO_ROOT/bench/put_manifest.lua" \
             "${!url_var}" >"$WORK/put-$who-$clients.txt"
+        t1=$(now_ns)
+        read -r cpu1 idle1 < <(cpu_jiffies)
+        read -r writes1 busy1 < <(disk_writes "$DATA_DISK")
         if grep -q 'Non-2xx\|Socket errors' "$WORK/put-$who-$clients.txt"; then
             cat "$WORK/put-$who-$clients.txt" >&2
             die "wrk saw errors pushing manifests to $who (above)"
         fi
         record "put${clients}_rps_$who" "$(awk '/^Requests\/sec:/ {print $2}' "$WORK/put-$who-$clients.txt")"
+        if [[ $who == ours ]]; then
+            requests=$(awk '/requests in/ {print $1}' "$WORK/put-$who-$clients.txt")
+            record "put${clients}_idle_pct_ours" "$(awk -v a="$((idle1 - idle0))" -v b="$((cpu1 - cpu0))" 'BEGIN {printf "%.0f", 100 * a / b}')"
+            record "put${clients}_disk_writes_per_put_ours" "$(awk -v w="$((writes1 - writes0))" -v n="$requests" 'BEGIN {printf "%.2f", w / n}')"
+            record "put${clients}_disk_busy_pct_ours" "$(awk -v ms="$((busy1 - busy0))" -v a="$t0" -v b="$t1" 'BEGIN {printf "%.0f", 100 * ms / ((b - a) / 1e6)}')"
+        fi
     done
 done
 
@@ -426,6 +441,11 @@ for n in put_clients:
         print(f"manifest PUT scaling, ours: {n} clients = {q:.2f}x one client (target >= 3x: "
               f"{'yes' if q >= 3 else 'NO'})")
         data[f"put{n}_scaling"] = q
+for n in put_clients:
+    if f"put{n}_idle_pct_ours" in r:
+        print(f"manifest PUT, ours, {n} client(s): machine idle {r[f'put{n}_idle_pct_ours']:.0f} %, "
+              f"data disk busy {r[f'put{n}_disk_busy_pct_ours']:.0f} %, "
+              f"{r[f'put{n}_disk_writes_per_put_ours']:.2f} disk writes per PUT")
 floor = r.get("floor_dd_fsync_s")
 if floor:
     print(f"\ndisk floor: dd of the same {blob} MiB with O_DIRECT + fsync on the data dir's disk = "
