@@ -160,23 +160,24 @@ pub fn diag(node: &Registry) -> String {
     )
 }
 
-/// Wait until `node` serves `repo:tag` with `digest`; returns how long it took. Fails the test
-/// with the node's status and log when it does not within `timeout`.
+/// Wait until `node` serves `repo:reference` (a tag, or a digest) with `digest`; returns how
+/// long it took. Fails the test with the node's status and log when it does not within
+/// `timeout`.
 pub fn wait_for_tag(
     node: &Registry,
     repo: &str,
-    tag: &str,
+    reference: &str,
     digest: &str,
     timeout: Duration,
 ) -> Duration {
     let start = Instant::now();
     let base = node.url("");
     let ok = wait_until(timeout, || {
-        manifest_digest(&base, repo, tag).as_deref() == Some(digest)
+        manifest_digest(&base, repo, reference).as_deref() == Some(digest)
     });
     assert!(
         ok,
-        "{repo}:{tag} did not reach {digest} at {base} within {timeout:?}{}",
+        "{repo}:{reference} did not reach {digest} at {base} within {timeout:?}{}",
         diag(node)
     );
     start.elapsed()
