@@ -124,14 +124,15 @@ impl Store {
         let files = BlobFiles::new(root)?;
         let newest = metadata::newest_change(&trees.changes)?;
         let last_change = Arc::new(tokio::sync::watch::Sender::new(newest));
+        let locks = Arc::new(RepoLocks::new());
+        let commits = manifest_commit::ManifestCommits::new(trees.clone(), locks.clone());
         let flusher = group_flush::GroupFlush::new(flush_work(
+            commits.clone(),
             db.clone(),
             trees.changes.clone(),
             last_change.clone(),
         ));
         let feed = changes::Feed::open(&db)?;
-        let locks = Arc::new(RepoLocks::new());
-        let commits = manifest_commit::ManifestCommits::new(trees.clone(), locks.clone());
         let store = Store {
             root: root.to_owned(),
             db,
@@ -484,8 +485,13 @@ impl Store {
         // Held until the write is committed, even if this request is dropped while it waits
         // in the queue: the blobs it links stay claimed.
         let claim = self.claims.clone().read_owned().await;
-        self.commits.commit(write, claim).await?;
-        self.flush().await?;
+        let committed = self.commits.enqueue(write, claim);
+        // The next flush commits the write, then makes it durable. Nothing awaits between the
+        // two calls, and the flush is requested on its first poll, so a queued write always
+        // has a flush coming for it even if this request is dropped right away.
+        let flushed = self.flush().await;
+        manifest_commit::outcome(committed).await?;
+        flushed?;
         Ok(PutManifest {
             digest: match reference {
                 Reference::Digest(given) => given.clone(),
@@ -529,14 +535,19 @@ fn manifest_unknown(reference: &Reference) -> Error {
     )
 }
 
-/// One metadata flush: everything committed before it starts becomes durable; its announcement
-/// publishes the newest change event of that moment to the long-polls.
+/// One metadata flush: commits the queued manifest writes, then makes everything committed
+/// durable; its announcement publishes the newest change event of that moment to the
+/// long-polls.
 fn flush_work(
+    commits: Arc<manifest_commit::ManifestCommits>,
     db: sled::Db,
     changes: sled::Tree,
     last_change: Arc<tokio::sync::watch::Sender<u64>>,
 ) -> group_flush::FlushFn {
     Arc::new(move || {
+        // The manifest writes queued for this flush go in first, in one transaction per
+        // batch (see [`manifest_commit`]).
+        commits.commit_queued();
         // Read the newest event before flushing: everything committed by then is in this
         // flush, so the published seq is durable. Not `flush_async`: several of those at once
         // can hang for good in sled 0.34 (spacejam/sled#1308); this runs off the async threads.
