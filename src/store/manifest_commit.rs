@@ -9,9 +9,10 @@
 //! them. A writer queues its write here and asks for a flush; the flush commits everything
 //! queued, up to [`MAX_BATCH`] writes per transaction, and then flushes once. So a group of
 //! writers costs one transaction and one fsync. (Committing each write as it arrived, with
-//! only the flushes grouped, gave transactions of one or two writes: with eight clients that
-//! kept the aggregate at 2.3–2.7× one client's rate, against 3.1–3.3× here; one client's rate
-//! is the same either way.) Every writer waits for its own outcome.
+//! only the flushes grouped, gave transactions of one or two writes: with eight clients the
+//! aggregate was 2.6–3.0× one client's rate in alternated runs, 3.0–3.4× here; one client's
+//! rate is the same either way. BENCHMARKS.md has the runs.) Every writer waits for its own
+//! outcome.
 //!
 //! Each write is checked and applied in queue order inside the transaction, so a later write
 //! sees the earlier ones (a tag moved twice moves twice, in order). A write that fails its own

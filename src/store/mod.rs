@@ -489,9 +489,10 @@ impl Store {
         // The next flush commits the write, then makes it durable. Nothing awaits between the
         // two calls, and the flush is requested on its first poll, so a queued write always
         // has a flush coming for it even if this request is dropped right away.
-        let flushed = self.flush().await;
+        self.flush().await?;
+        // That flush started after the write was queued, so it has committed it: its outcome
+        // is already here.
         manifest_commit::outcome(committed).await?;
-        flushed?;
         Ok(PutManifest {
             digest: match reference {
                 Reference::Digest(given) => given.clone(),
