@@ -287,15 +287,8 @@ where
 }
 
 fn start_writeback(file: &File, offset: u64, len: u64) {
-    // SAFETY: plain syscall on a valid fd; failure only means the final fsync does more work.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    // Failure only means the final fsync does more work.
+    sync_range(file, offset, len, libc::SYNC_FILE_RANGE_WRITE);
 }
 
 /// Wait until the range's writeback has finished, then drop its now clean pages from the page
@@ -303,21 +296,33 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// cache an upload takes. Both calls are advice: a filesystem that ignores them (tmpfs) keeps
 /// the pages, nothing else changes.
 fn drop_behind(file: &File, offset: u64, len: u64) {
-    // SAFETY: plain syscalls on a valid fd.
+    sync_range(
+        file,
+        offset,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    );
+    // SAFETY: plain syscall on a valid fd.
     unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
         libc::posix_fadvise(
             file.as_raw_fd(),
             offset as libc::off_t,
             len as libc::off_t,
             libc::POSIX_FADV_DONTNEED,
+        );
+    }
+}
+
+fn sync_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) {
+    // SAFETY: plain syscall on a valid fd.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            flags,
         );
     }
 }
