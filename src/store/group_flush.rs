@@ -122,7 +122,15 @@ impl GroupFlush {
         let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;
         let outcome = if multi_threaded {
-            tokio::task::block_in_place(|| work())
+            // A panic (a bug in sled) fails this flush's writers instead of ending the flush
+            // task with `running` still set, which would leave every later writer waiting for
+            // good.
+            match tokio::task::block_in_place(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work()))
+            }) {
+                Ok(outcome) => outcome,
+                Err(_) => return Err("the flush panicked".to_owned()),
+            }
         } else {
             match tokio::task::spawn_blocking(move || work()).await {
                 Ok(outcome) => outcome,
@@ -213,6 +221,38 @@ mod tests {
     #[tokio::test]
     async fn current_thread_writers_return_after_the_announcement() {
         writers_see_their_flush_announced().await;
+    }
+
+    // A panicking flush fails its writers and leaves the flusher able to run the next one, on
+    // both kinds of runtime.
+    async fn a_panicking_flush_fails_its_writers_and_the_next_one_runs() {
+        let panic = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = panic.clone();
+        let group = GroupFlush::new(Arc::new(move || {
+            if flag.swap(false, Ordering::SeqCst) {
+                panic!("sled bug");
+            }
+            Ok(Arc::new(|| {}) as Announce)
+        }));
+        let err = tokio::time::timeout(Duration::from_secs(10), group.flush())
+            .await
+            .expect("the writers of a panicking flush were never told")
+            .unwrap_err();
+        assert!(err.to_string().contains("flush"), "{err}");
+        tokio::time::timeout(Duration::from_secs(10), group.flush())
+            .await
+            .expect("the flush after a panicking one never ran")
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multi_threaded_flusher_survives_a_panicking_flush() {
+        a_panicking_flush_fails_its_writers_and_the_next_one_runs().await;
+    }
+
+    #[tokio::test]
+    async fn current_thread_flusher_survives_a_panicking_flush() {
+        a_panicking_flush_fails_its_writers_and_the_next_one_runs().await;
     }
 
     #[tokio::test]
