@@ -397,7 +397,7 @@ mod tests {
             outcomes.push(store.commits.enqueue(w, claim));
         }
         store.flush().await.unwrap();
-        let results: Vec<_> = outcomes_of(outcomes).await;
+        let results = futures_util::future::join_all(outcomes.into_iter().map(outcome)).await;
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
         let err = results[1].as_ref().unwrap_err();
         assert_eq!(err.code(), ErrorCode::ManifestBlobUnknown, "{err}");
@@ -406,13 +406,5 @@ mod tests {
             tag.as_ref(),
             Digest::sha256_of(b"{\"b\":2}").to_string().as_bytes()
         );
-    }
-
-    async fn outcomes_of(committed: Vec<Committed>) -> Vec<Outcome> {
-        let mut results = Vec::new();
-        for c in committed {
-            results.push(outcome(c).await);
-        }
-        results
     }
 }
