@@ -101,7 +101,7 @@ fn sync_once(args: SyncArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let failed = runtime.block_on(async move {
-        let store = Store::open(&config.data_dir())?;
+        let store = Store::open_with_cache(&config.data_dir(), config.metadata_cache()?)?;
         let status = StatusHandle::new(connected_registry::node::initial_status(&config, config.listen_addr()?));
         let (engine, _schedule) = connected_registry::sync::setup::build(&parent, store.clone(), status)?;
         let started = std::time::Instant::now();

@@ -33,6 +33,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     }
     let gc = config.garbage_collection()?;
     let upload_max_age = config.limits()?.upload_session_max_age;
+    let metadata_cache = config.metadata_cache()?;
     super::logging::init(&config, super::logging::LogFormat::Text, "warn")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -40,7 +41,7 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let dir = config.data_dir();
-        let store = Store::open(&dir).with_context(|| {
+        let store = Store::open_with_cache(&dir, metadata_cache).with_context(|| {
             format!(
                 "cannot open {dir:?}; if a node is running on it, it collects garbage on its own \
                  schedule (or call its `gc` direct method under IoT Edge)"

@@ -113,7 +113,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // unclean stop) is logged; a level saved by the twin applies once it is read.
         let log_level = logging::init(&config, args.log_format, "info")?;
         let opening_logging = config.logging.clone();
-        let store = Store::open(&config.data_dir())?;
+        let store = Store::open_with_cache(&config.data_dir(), config.metadata_cache()?)?;
         let mut source = if args.config.is_some() {
             ConfigSource::File
         } else {

@@ -20,6 +20,7 @@ pub mod watch;
 pub use limits::{open_files_limit, Limits, LimitsConfig};
 pub use operations::{
     GarbageCollection, GarbageCollectionConfig, MetricsConfig, StorageConfig, StorageLimits,
+    DEFAULT_METADATA_CACHE,
 };
 pub use tokens::{Action, GatewayAction, RepositoryAction, TokenConfig, TokenStatus};
 
@@ -374,6 +375,7 @@ impl Config {
         }
         self.limits()?;
         self.storage_limits()?;
+        self.metadata_cache()?;
         self.garbage_collection()?;
         tokens::validate_tokens(
             "clientTokens",
@@ -425,6 +427,11 @@ impl Config {
     /// The storage limits with defaults filled in.
     pub fn storage_limits(&self) -> Result<StorageLimits, ConfigError> {
         self.storage.clone().unwrap_or_default().resolve()
+    }
+
+    /// The metadata index's cache size in bytes (`storage.metadataCache`, read at start).
+    pub fn metadata_cache(&self) -> Result<u64, ConfigError> {
+        self.storage.clone().unwrap_or_default().metadata_cache()
     }
 
     /// The garbage collection settings with defaults filled in.

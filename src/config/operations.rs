@@ -19,6 +19,9 @@ pub struct StorageConfig {
     /// Like `"1GiB"`: free space kept on the data volume (default 256 MiB), so the metadata, the
     /// logs and the device's own system keep room to work.
     pub min_free: Option<String>,
+    /// Like `"64MiB"`: memory the metadata index may keep cached (default 32 MiB; read at
+    /// start). Larger keeps more of a big registry's tags and manifests in memory.
+    pub metadata_cache: Option<String>,
 }
 
 /// The storage limits in force.
@@ -29,6 +32,14 @@ pub struct StorageLimits {
 }
 
 pub const DEFAULT_MIN_FREE: u64 = 256 * 1024 * 1024;
+
+/// The metadata index's cache unless `storage.metadataCache` says otherwise: enough for the
+/// pages a busy node's writes touch (with 8 MiB, eight clients pushing manifests spent their
+/// commits paging index nodes in and out; BENCHMARKS.md, "The metadata cache").
+pub const DEFAULT_METADATA_CACHE: u64 = 32 * 1024 * 1024;
+
+/// Below this the index would page on every lookup.
+const MIN_METADATA_CACHE: u64 = 1024 * 1024;
 
 impl Default for StorageLimits {
     fn default() -> Self {
@@ -59,6 +70,21 @@ impl StorageConfig {
             .transpose()?
             .unwrap_or(DEFAULT_MIN_FREE);
         Ok(StorageLimits { max_size, min_free })
+    }
+
+    /// The metadata index's cache size in bytes.
+    pub fn metadata_cache(&self) -> Result<u64, ConfigError> {
+        let Some(text) = self.metadata_cache.as_deref() else {
+            return Ok(DEFAULT_METADATA_CACHE);
+        };
+        let bytes = parse_size("storage.metadataCache", text)?;
+        if bytes < MIN_METADATA_CACHE {
+            return Err(ConfigError::Invalid {
+                field: "storage.metadataCache",
+                rule: format!("{text:?} is too small; give at least 1MiB"),
+            });
+        }
+        Ok(bytes)
     }
 }
 
@@ -171,6 +197,7 @@ mod tests {
         let s = StorageConfig {
             max_size: Some("20GiB".into()),
             min_free: Some("1GiB".into()),
+            metadata_cache: Some("64MiB".into()),
         };
         let limits = s.resolve().unwrap();
         assert_eq!(limits.max_size, Some(20 << 30));
@@ -179,15 +206,31 @@ mod tests {
             StorageConfig::default().resolve().unwrap(),
             StorageLimits::default()
         );
+        assert_eq!(s.metadata_cache().unwrap(), 64 << 20);
+        assert_eq!(
+            StorageConfig::default().metadata_cache().unwrap(),
+            DEFAULT_METADATA_CACHE
+        );
         let bad = StorageConfig {
             max_size: Some("lots".into()),
-            min_free: None,
+            ..Default::default()
         };
         assert!(bad
             .resolve()
             .unwrap_err()
             .to_string()
             .contains("storage.maxSize"));
+        for (text, says) in [("some", "not a size"), ("512KiB", "too small")] {
+            let bad = StorageConfig {
+                metadata_cache: Some(text.into()),
+                ..Default::default()
+            };
+            let e = bad.metadata_cache().unwrap_err().to_string();
+            assert!(
+                e.contains("storage.metadataCache") && e.contains(says),
+                "{e}"
+            );
+        }
 
         let gc = GarbageCollectionConfig::default().resolve().unwrap();
         assert!(gc.schedule.is_some());

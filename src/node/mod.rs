@@ -346,5 +346,31 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.limits != new.limits {
         changed.push("limits");
     }
+    if old.metadata_cache().ok() != new.metadata_cache().ok() {
+        changed.push("storage.metadataCache");
+    }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn settings_read_only_at_start_are_named_when_they_change() {
+        let old = config(r#"{"storage": {"maxSize": "1GiB"}}"#);
+        // Live: the storage ceiling.
+        let new = config(r#"{"storage": {"maxSize": "2GiB"}}"#);
+        assert!(restart_only_changes(&old, &new).is_empty());
+        // The metadata cache is sized when the store opens.
+        let new = config(r#"{"storage": {"maxSize": "1GiB", "metadataCache": "64MiB"}}"#);
+        assert_eq!(restart_only_changes(&old, &new), ["storage.metadataCache"]);
+        // Spelled out at its default: no change.
+        let new = config(r#"{"storage": {"maxSize": "1GiB", "metadataCache": "32MiB"}}"#);
+        assert!(restart_only_changes(&old, &new).is_empty());
+    }
 }

@@ -101,14 +101,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the store under `root`, removing what a crash may have left half-done.
+    /// Open (or create) the store under `root`, removing what a crash may have left half-done;
+    /// the metadata index keeps the default cache ([`crate::config::DEFAULT_METADATA_CACHE`]).
     pub fn open(root: &Path) -> Result<Arc<Store>> {
+        Store::open_with_cache(root, crate::config::DEFAULT_METADATA_CACHE)
+    }
+
+    /// [`Store::open`] with the metadata index caching up to `metadata_cache` bytes
+    /// (`storage.metadataCache`).
+    pub fn open_with_cache(root: &Path, metadata_cache: u64) -> Result<Arc<Store>> {
         use crate::oci::error::IoContext;
         std::fs::create_dir_all(root).context(|| format!("creating data directory {root:?}"))?;
         let found_format = format::read_format(root)?;
         let db = sled::Config::new()
             .path(root.join("metadata"))
-            .cache_capacity(8 * 1024 * 1024)
+            .cache_capacity(metadata_cache)
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {

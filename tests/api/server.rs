@@ -218,6 +218,22 @@ fn refuses_anonymous_on_a_non_loopback_address_and_bad_config() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+
+    std::fs::write(&cfg, r#"{"storage": {"metadataCache": "100KiB"}}"#).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage.metadataCache") && err.contains("too small"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "the store was opened");
 }
 
 #[test]
