@@ -4,6 +4,7 @@
 # HOW TO RUN (results: BENCHMARKS.md, "A big registry")
 #   ./bench/big.sh                          # cargo build --release (binary + big-registry), then measure
 #   SKIP_BUILD=1 BIG_REPOS="10000" ./bench/big.sh
+#   METADATA_CACHE=64MiB ./bench/big.sh     # the nodes' storage.metadataCache (default: the node's)
 #   BENCH_OUT=big.json ./bench/big.sh
 #
 # For each repository count R in BIG_REPOS (default 1250 2500 5000 10000: the cost table), with
@@ -52,8 +53,13 @@ cleanup() {
 trap cleanup EXIT
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
+NODE_ARGS=()
+if [[ -n ${METADATA_CACHE:-} ]]; then
+    printf '{"storage": {"metadataCache": "%s"}}\n' "$METADATA_CACHE" >"$WORK/node.json"
+    NODE_ARGS=(--config "$WORK/node.json")
+fi
 start_node() { # DATA PORT -> sets NODE_PID once /v2/ answers
-    "$OURS_BIN" serve --listen "127.0.0.1:$2" --data-dir "$1" >>"$1.log" 2>&1 &
+    "$OURS_BIN" serve "${NODE_ARGS[@]}" --listen "127.0.0.1:$2" --data-dir "$1" >>"$1.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
     wait_ready "the node on $1" "http://127.0.0.1:$2" "$NODE_PID" "$1.log"
