@@ -321,7 +321,9 @@ fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_r
             "name": "edgenode",
             "parent": {"endpoint": root.base(), "sync": {
                 "repositories": ["apps/*"], "bandwidthLimit": "4MiB/s"
-            }}
+            }},
+            // Read when the store opens, which is before the saved twin is: applied by a restart.
+            "storage": {"metadataCache": "48MiB"}
         })),
         ..EdgeOptions::default()
     });
@@ -332,6 +334,16 @@ fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_r
     assert_eq!(
         manifest_digest(&base, "apps/small", "v1"),
         Some(small.digest.clone())
+    );
+    // The twin's metadata cache came after the store opened: the module says it needs a restart.
+    let reported = standin.wait_for_reported(WAIT, |r| {
+        detail_codes(r).iter().any(|c| c == "RestartRequired")
+    });
+    assert!(
+        reported["statusDetails"]
+            .to_string()
+            .contains("storage.metadataCache"),
+        "{reported:#}"
     );
 
     // Clients pull all along.
@@ -403,6 +415,11 @@ fn a_broker_restart_mid_sync_is_ridden_out_and_the_last_twin_config_survives_a_r
     let status = peers::status(&base);
     assert_eq!(status["config"]["source"], "twin", "{status:#}");
     assert_eq!(status["name"], "edgenode");
+    let log = module.log_text();
+    assert!(
+        log.contains("metadata_cache=48.0 MiB"),
+        "the restarted module did not open its store with the twin's metadata cache:\n{log}"
+    );
     assert_eq!(
         manifest_digest(&base, "apps/big", "v1"),
         Some(big.digest.clone())

@@ -113,7 +113,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // unclean stop) is logged; a level saved by the twin applies once it is read.
         let log_level = logging::init(&config, args.log_format, "info")?;
         let opening_logging = config.logging.clone();
-        let store = Store::open_with_cache(&config.data_dir(), config.metadata_cache()?)?;
+        let data_dir = config.data_dir();
+        let opened_with = config.metadata_cache()?;
+        let mut store = Store::open_with_cache(&data_dir, opened_with)?;
         let mut source = if args.config.is_some() {
             ConfigSource::File
         } else {
@@ -132,6 +134,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             source = ConfigSource::Environment;
         }
         config.validate()?;
+        // The twin's configuration is kept in the store, so a metadata cache it sets is known
+        // only once the store is open: open it again with that size.
+        let metadata_cache = config.metadata_cache()?;
+        if metadata_cache != opened_with {
+            drop(store);
+            store = reopen(&data_dir, metadata_cache).await?;
+        }
+        tracing::info!(
+            metadata_cache = %bytesize::ByteSize::b(store.metadata_cache()).to_string_as(true),
+            "metadata index open"
+        );
         let limits = config.limits()?;
         if let (Some(set), Some(logging)) = (&log_level, &config.logging) {
             if opening_logging.as_ref() != Some(logging) {
@@ -248,4 +261,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped cleanly");
         anyhow::Ok(())
     })
+}
+
+/// Open the store at `data_dir` again, just after dropping it. A background walk of the blob
+/// files may hold the old store for an instant (it upgrades a weak reference to count what it
+/// found), and sled refuses a second opener meanwhile: retry for a moment.
+async fn reopen(data_dir: &std::path::Path, metadata_cache: u64) -> anyhow::Result<Arc<Store>> {
+    let mut attempts = 0;
+    loop {
+        match Store::open_with_cache(data_dir, metadata_cache) {
+            Ok(store) => return Ok(store),
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                tracing::debug!(error = %e, "reopening the store");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -98,6 +98,8 @@ pub struct Store {
     promised: evict::Promised,
     /// Garbage collection's grace period, which eviction respects too (milliseconds).
     grace_ms: AtomicU64,
+    /// The metadata index's cache size it was opened with (bytes).
+    metadata_cache: u64,
 }
 
 impl Store {
@@ -159,6 +161,7 @@ impl Store {
             used: AtomicU64::new(0),
             promised: evict::Promised::default(),
             grace_ms: AtomicU64::new(3_600_000),
+            metadata_cache,
         };
         store.migrate(found_format)?;
         let removed = store.files.clean_temp()?;
@@ -211,6 +214,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The metadata index's cache size, as opened (bytes).
+    pub fn metadata_cache(&self) -> u64 {
+        self.metadata_cache
     }
 
     /// Make every committed change durable, then wake whoever waits for change events. Writers
