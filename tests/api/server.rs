@@ -197,43 +197,47 @@ fn tls_serves_http2_and_http11() {
     assert!(client().get(reg.url("/v2/")).send().is_err());
 }
 
+/// `connected-registry serve` with `args`, which must refuse to start: what it printed.
+fn refused_start(args: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn refuses_anonymous_on_a_non_loopback_address_and_bad_config() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let err = refused_start(&["--listen", "0.0.0.0:0", "--data-dir", &path("open")]);
     assert!(err.contains("not a loopback address"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.json");
+    let cfg = path("c.json");
     std::fs::write(&cfg, r#"{"lisen": "127.0.0.1:1"}"#).unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+    let err = refused_start(&["--config", &cfg]);
+    assert!(err.contains("lisen"), "{err}");
 
     std::fs::write(&cfg, r#"{"storage": {"metadataCache": "100KiB"}}"#).unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let data = path("data");
+    let err = refused_start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        &cfg,
+        "--data-dir",
+        &data,
+    ]);
     assert!(
         err.contains("storage.metadataCache") && err.contains("too small"),
         "{err}"
     );
-    assert!(!dir.path().join("data").exists(), "the store was opened");
+    assert!(
+        !std::path::Path::new(&data).exists(),
+        "the store was opened"
+    );
 }
 
 #[test]
@@ -287,13 +291,7 @@ fn a_child_node_is_a_read_only_mirror() {
         format!(r#"{{"mode": "ReadWriteX", "parent": {{"endpoint": "http://127.0.0.1:{unused}", "sync": {{"repositories": ["x"]}}}}}}"#),
     )
     .unwrap();
-    let out = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&["--listen", "127.0.0.1:0", "--config", cfg.to_str().unwrap()]);
     assert!(
         stderr.contains("ReadWriteX") && stderr.contains("ReadOnly"),
         "{stderr}"
