@@ -7,12 +7,12 @@ use crate::common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, sha256, Registry, BIN};
+use common::peers::{self, Image};
+use common::{free_port, Registry, BIN};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const FEED: &str = "/acr/connected-registry/v1/changes";
 const STATUS: &str = "/acr/connected-registry/v1/status";
 
@@ -23,65 +23,11 @@ fn client() -> Client {
         .unwrap()
 }
 
-fn push_blob(c: &Client, reg: &Registry, repo: &str, bytes: &[u8]) -> String {
-    let digest = sha256(bytes);
-    let r = c
-        .post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(bytes.to_vec())
-        .send()
-        .unwrap_or_else(|e| {
-            // Say what the node logged last (a crash, a refusal to start).
-            let log = reg.log_text();
-            let tail = &log[log.floor_char_boundary(log.len().saturating_sub(8000))..];
-            panic!(
-                "pushing a blob to {}: {e}\nthe end of its log:\n{tail}",
-                reg.host()
-            )
-        });
-    assert_eq!(r.status(), StatusCode::CREATED);
-    digest
-}
-
-/// Push a small image (config + one layer) under `reference`; returns the manifest digest and
-/// bytes.
-fn push_image(
-    c: &Client,
-    reg: &Registry,
-    repo: &str,
-    reference: &str,
-    layer: &[u8],
-) -> (String, Vec<u8>) {
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let cd = push_blob(c, reg, repo, config);
-    let ld = push_blob(c, reg, repo, layer);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
-    }))
-    .unwrap();
-    put_manifest(c, reg, repo, reference, &manifest);
-    (sha256(&manifest), manifest)
-}
-
-fn put_manifest(c: &Client, reg: &Registry, repo: &str, reference: &str, manifest: &[u8]) {
-    let r = c
-        .put(reg.url(&format!("/v2/{repo}/manifests/{reference}")))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.to_vec())
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
-
-fn delete_manifest(c: &Client, reg: &Registry, repo: &str, reference: &str) {
-    let r = c
-        .delete(reg.url(&format!("/v2/{repo}/manifests/{reference}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
+/// Push a small image (config + one layer) under `reference` with the shared harness.
+fn push_image(reg: &Registry, repo: &str, reference: &str, layer: &[u8]) -> Image {
+    let image = Image::new("linux/amd64", &[layer.to_vec()]);
+    peers::push_image(&reg.url(""), repo, reference, &image);
+    image
 }
 
 /// One page of the feed, asserting a 200.
@@ -114,22 +60,15 @@ fn events_for_push_tag_untag_delete() {
     assert_eq!(changes(&c, &reg, ""), empty);
 
     let repo = "feed/app";
-    let (digest, manifest) = push_image(&c, &reg, repo, "v1", b"layer one");
-    put_manifest(&c, &reg, repo, "v2", &manifest); // same manifest, new tag
-    delete_manifest(&c, &reg, repo, "v1"); // untag
-    delete_manifest(&c, &reg, repo, &digest); // untag v2, then delete
-    let (by_digest, _) = {
-        let config = br#"{"os":"linux"}"#;
-        let cd = push_blob(&c, &reg, "other", config);
-        let m = serde_json::to_vec(&json!({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-            "layers": [],
-        }))
-        .unwrap();
-        let d = sha256(&m);
-        put_manifest(&c, &reg, "other", &d, &m);
-        (d, m)
+    let image = push_image(&reg, repo, "v1", b"layer one");
+    let digest = image.digest.clone();
+    peers::push_image(&reg.url(""), repo, "v2", &image); // same manifest, new tag
+    peers::delete_manifest(&reg.url(""), repo, "v1"); // untag
+    peers::delete_manifest(&reg.url(""), repo, &digest); // untag v2, then delete
+    let by_digest = {
+        let layerless = Image::new("linux/amd64", &[]);
+        peers::push_image(&reg.url(""), "other", &layerless.digest, &layerless);
+        layerless.digest
     };
 
     let page = changes(&c, &reg, "since=0");
@@ -183,7 +122,7 @@ fn events_for_push_tag_untag_delete() {
     assert!(reg.terminate().success());
     reg.restart();
     assert_eq!(changes(&c, &reg, "since=0")["events"], page["events"]);
-    push_image(&c, &reg, repo, "v3", b"layer three");
+    push_image(&reg, repo, "v3", b"layer three");
     let after = changes(&c, &reg, &format!("since={next}"));
     assert_eq!(after["events"].as_array().unwrap().len(), 1, "{after}");
     assert!(after["events"][0]["seq"].as_u64().unwrap() > next);
@@ -194,7 +133,7 @@ fn events_for_push_tag_untag_delete() {
 fn long_poll_wakes_on_a_push() {
     let reg = Registry::start();
     let c = client();
-    push_image(&c, &reg, "poll", "first", b"first");
+    push_image(&reg, "poll", "first", b"first");
     let next = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
 
     let url = reg.url(&format!("{FEED}?since={next}&wait=10"));
@@ -210,7 +149,7 @@ fn long_poll_wakes_on_a_push() {
         !poll.is_finished(),
         "the long-poll returned before any change"
     );
-    let (digest, _) = push_image(&c, &reg, "poll", "second", b"second");
+    let digest = push_image(&reg, "poll", "second", b"second").digest;
     let (elapsed, body) = poll.join().unwrap();
     assert!(elapsed < Duration::from_secs(9), "took {elapsed:?}");
     let events = body["events"].as_array().unwrap();
@@ -251,7 +190,7 @@ fn bad_cursors_and_methods_are_refused() {
 
     // A cursor this registry never handed out (its log was reset, or it belongs to another
     // registry) is expired: the child must reconcile in full, then follow from `latest`.
-    push_image(&c, &reg, "x", "v1", b"x");
+    push_image(&reg, "x", "v1", b"x");
     let latest = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
     let r = c
         .get(reg.url(&format!("{FEED}?since={}", latest + 1000)))
@@ -272,7 +211,7 @@ fn status_endpoint_and_cli() {
     std::fs::write(&config, "name = \"factorya\"\n").unwrap();
     let reg = Registry::start_with(&["--config", config.to_str().unwrap()]);
     let c = client();
-    push_image(&c, &reg, "apps/hello", "v1", &[7u8; 4096]);
+    push_image(&reg, "apps/hello", "v1", &[7u8; 4096]);
 
     let r = c.get(reg.url(STATUS)).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -369,7 +308,7 @@ fn sigterm_ends_a_pending_long_poll() {
 fn events_older_than_the_child_ttl_expire_its_cursor() {
     let reg = Registry::start();
     let c = client();
-    push_image(&c, &reg, "ttl/app", "v1", b"layer");
+    push_image(&reg, "ttl/app", "v1", b"layer");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // The child last saw nothing (since=0) and the first event it missed is older than 1 s.
     let r = c
@@ -394,7 +333,7 @@ fn a_thousand_long_polls_are_all_answered() {
     common::raise_open_files_limit();
     let reg = Registry::start();
     let c = client();
-    push_image(&c, &reg, "many", "seed", b"seed");
+    push_image(&reg, "many", "seed", b"seed");
     let next = changes(&c, &reg, "since=0")["next"].as_u64().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -442,7 +381,7 @@ fn a_thousand_long_polls_are_all_answered() {
         let outcome = runtime.block_on(polls.into_iter().nth(early).unwrap());
         panic!("poll {early} of {polls_sent} sent ended before any push: {outcome:?}");
     }
-    let (digest, _) = push_image(&c, &reg, "many", "wake", b"wake");
+    let digest = push_image(&reg, "many", "wake", b"wake").digest;
     let answers = runtime.block_on(async {
         let mut answers = Vec::new();
         for poll in polls {
