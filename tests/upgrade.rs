@@ -44,7 +44,7 @@ fn a_format_1_directory_is_migrated_in_place_and_serves_everything_it_held() {
     let config = json!({"garbageCollection": {"enabled": false, "gracePeriod": "PT0S"}});
     let mut node = Node::with_config_in(config.clone(), Some(data.clone()));
     let base = node.base();
-    assert_eq!(format_of(&data)["format"], 2);
+    assert_eq!(format_of(&data)["format"], 3);
     assert!(
         node.log_text().contains("migrated the data directory"),
         "{}",
@@ -58,6 +58,15 @@ fn a_format_1_directory_is_migrated_in_place_and_serves_everything_it_held() {
         assert_eq!(r.status, 200, "{reference}");
         assert_eq!(common::sha256(&r.body), digest);
     }
+    // A record of an older format (no flag saying whether its bytes name their media type) is
+    // served by tag with the type its repository was given, as by digest.
+    let by_tag = get(&base, "/v2/fixture/app/manifests/v1");
+    let by_digest = get(&base, &format!("/v2/fixture/app/manifests/{M1}"));
+    assert!(by_tag.header("content-type").is_some());
+    assert_eq!(
+        by_tag.header("content-type"),
+        by_digest.header("content-type")
+    );
     let referrers = get(&base, &format!("/v2/fixture/app/referrers/{M1}")).json();
     assert_eq!(referrers["manifests"][0]["digest"], SIGNATURE);
     // A real client pulls both tags whole (every blob verified by skopeo).
@@ -92,7 +101,7 @@ fn a_format_1_directory_is_migrated_in_place_and_serves_everything_it_held() {
     // A migration interrupted before it recorded the new format simply runs again.
     std::fs::remove_file(data.join("format.json")).unwrap();
     node.restart();
-    assert_eq!(format_of(&data)["format"], 2);
+    assert_eq!(format_of(&data)["format"], 3);
     peers::assert_serves(&node.base(), "fixture/app", "v3", &image, None);
     assert_eq!(
         get(&node.base(), "/v2/fixture/app/manifests/v2").status,
@@ -123,7 +132,7 @@ fn a_directory_of_a_newer_format_is_refused_by_name() {
         assert!(!out.status.success(), "{args:?} must refuse");
         assert!(stderr.contains("data format 99"), "{stderr}");
         assert!(stderr.contains("9.9.9"), "{stderr}");
-        assert!(stderr.contains("reads data formats up to 2"), "{stderr}");
+        assert!(stderr.contains("reads data formats up to 3"), "{stderr}");
     }
     assert_eq!(
         std::fs::read(data.join("metadata/db")).unwrap(),

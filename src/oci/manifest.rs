@@ -79,6 +79,9 @@ pub struct ReferrerDescriptor {
 #[derive(Debug, Clone)]
 pub struct ParsedManifest {
     pub media_type: MediaType,
+    /// Whether the bytes name `media_type` themselves (a `mediaType` field), so it is the
+    /// same whatever `Content-Type` a put of them sends.
+    pub media_type_named: bool,
     /// Config and layer blobs that must exist in the repository (foreign layers with `urls` are
     /// not required).
     pub blobs: Vec<Digest>,
@@ -145,6 +148,7 @@ impl ParsedManifest {
                 .collect::<Result<Vec<_>>>()?;
             Ok(ParsedManifest {
                 media_type,
+                media_type_named: declared.is_some(),
                 blobs: Vec::new(),
                 blob_sizes: Vec::new(),
                 children,
@@ -175,6 +179,7 @@ impl ParsedManifest {
                 .or_else(|| Some(manifest.config().media_type().to_string()));
             Ok(ParsedManifest {
                 media_type,
+                media_type_named: declared.is_some(),
                 blobs,
                 blob_sizes,
                 children: Vec::new(),
@@ -272,7 +277,13 @@ mod tests {
         );
         let p = ParsedManifest::parse(Some(DOCKER_MANIFEST), m.as_bytes()).unwrap();
         assert_eq!(p.media_type, MediaType::DockerManifest);
+        assert!(p.media_type_named);
         assert_eq!(p.blobs.len(), 2);
+        // Without a mediaType field the Content-Type decides, so the bytes do not name it.
+        let open = m.replace(&format!(r#""mediaType":"{DOCKER_MANIFEST}","#), "");
+        let p = ParsedManifest::parse(Some(DOCKER_MANIFEST), open.as_bytes()).unwrap();
+        assert_eq!(p.media_type, MediaType::DockerManifest);
+        assert!(!p.media_type_named);
         let e = ParsedManifest::parse(Some(OCI_INDEX), m.as_bytes()).unwrap_err();
         assert_eq!(e.code(), ErrorCode::ManifestInvalid);
     }

@@ -4,9 +4,8 @@
 //! The `tag_use` tree records, per tag, where it came from and when it was last pulled:
 //! `repo\0tag → [origin, seconds since the epoch (u64 BE)]`. Tags pushed here are never evicted;
 //! neither is anything the upstream outbox still has to push. Tags from before the data format
-//! recorded their origin count as synced only on a node with a parent. A pull updates the time
-//! at most once a second, so
-//! pulls stay reads.
+//! recorded their origin count as synced only on a node with a parent. A pull moves the time at
+//! most once a second, and is noted in memory first (see [`super::pulls`]), so pulls stay reads.
 //!
 //! Room is promised, not just checked: [`Store::make_room`] returns a [`Room`] that counts its
 //! bytes against the limits until the write is accounted (or given up), and one writer at a
@@ -59,7 +58,7 @@ impl Drop for Room<'_> {
 }
 
 /// A pull moves a tag's last-use time only when it is older than this.
-const PULL_RESOLUTION_SECS: u64 = 1;
+pub(super) const PULLED_AGAIN_AFTER_SECS: u64 = 1;
 
 pub(super) fn now_secs() -> u64 {
     SystemTime::now()
@@ -74,7 +73,7 @@ pub(super) fn encode_use(origin: u8, secs: u64) -> [u8; 9] {
     v
 }
 
-fn decode_use(v: &[u8]) -> (u8, u64) {
+pub(super) fn decode_use(v: &[u8]) -> (u8, u64) {
     match v.split_first() {
         Some((&origin, rest)) => (origin, super::metadata::decode_u64(rest)),
         None => (ORIGIN_UNKNOWN, 0),
@@ -98,20 +97,6 @@ impl Store {
     /// Bytes the blob files take, as far as known.
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
-    }
-
-    /// Note a pull of `tag`: moves its last-use time for eviction (pushed tags are not tracked).
-    pub(super) fn note_pull(&self, repo: &RepositoryName, tag: &str) {
-        let key = key2(repo.as_str(), tag);
-        let Ok(Some(value)) = self.trees.tag_use.get(&key) else {
-            return;
-        };
-        let (origin, last) = decode_use(&value);
-        let now = now_secs();
-        if origin != PUSHED_HERE && now.saturating_sub(last) >= PULL_RESOLUTION_SECS {
-            // Not flushed on its own: the next flush (at most a second away) takes it along.
-            let _ = self.trees.tag_use.insert(key, &encode_use(origin, now));
-        }
     }
 
     /// Format 1 → 2: every existing tag gets a use record of unknown origin, used now.
@@ -204,6 +189,8 @@ impl Store {
         let _deciding = self.promised.deciding.lock().await;
         // Evicting is no use when even every synced tag would not make room: keep serving them.
         if let Some((missing, why)) = self.shortfall(bytes) {
+            // What was pulled since the notes were last written decides the order.
+            self.write_pending_pulls()?;
             let could_free = self.evictable_bytes()?;
             if could_free < missing {
                 return Err(Error::new(

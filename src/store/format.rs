@@ -14,6 +14,7 @@
 //! |--------|--------|
 //! | 1 | the first layout (no `format.json`) |
 //! | 2 | `tag_use`: per tag, where it came from (pushed here or synced) and when it was last pulled, for eviction under `storage.maxSize` |
+//! | 3 | a manifest record's first byte also says whether its bytes name their media type (a GET by tag then skips the repository's link); records of format 2 stay valid, nothing is rewritten |
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -26,7 +27,7 @@ use crate::oci::error::IoContext;
 use crate::oci::{Error, ErrorCode, Result};
 
 /// The format this binary writes.
-pub const CURRENT_FORMAT: u32 = 2;
+pub const CURRENT_FORMAT: u32 = 3;
 
 const FORMAT_FILE: &str = "format.json";
 

@@ -262,7 +262,7 @@ impl Store {
                 continue;
             }
             if let Some(record) = self.trees.manifests.get(digest.as_bytes())? {
-                let record = ManifestRecord::decode(&record)?;
+                let record = ManifestRecord::decode(record)?;
                 if let Ok(parsed) =
                     ParsedManifest::parse(Some(record.media_type.as_str()), &record.bytes)
                 {

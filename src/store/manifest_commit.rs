@@ -407,4 +407,47 @@ mod tests {
             Digest::sha256_of(b"{\"b\":2}").to_string().as_bytes()
         );
     }
+    /// By tag, the media type comes from the record when its bytes name it, and from the
+    /// repository's link otherwise (records of data format 2 included); by digest, always from
+    /// the link. The link's type here deliberately differs from the record's, to see which is
+    /// read.
+    #[tokio::test]
+    async fn a_tag_reads_the_link_only_when_the_bytes_leave_the_media_type_open() {
+        use crate::oci::{MediaType, Reference};
+        use crate::store::metadata::{media_type_code, ManifestRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cases = [("named/by-bytes", true), ("open/type", false)];
+        for (repo, named) in cases {
+            let bytes = format!("{{\"{repo}\":1}}");
+            let w = ManifestWrite {
+                tag: Some("t".parse().unwrap()),
+                digest: Digest::sha256_of(bytes.as_bytes()).to_string(),
+                record: ManifestRecord::encode(MediaType::OciManifest, named, bytes.as_bytes()),
+                media_code: [media_type_code(MediaType::DockerManifest)],
+                ..write(repo)
+            };
+            let claim = store.claims.clone().read_owned().await;
+            let committed = store.commits.enqueue(w, claim);
+            store.flush().await.unwrap();
+            outcome(committed).await.unwrap();
+        }
+        for (repo, named) in cases {
+            let repo = repo.parse().unwrap();
+            let by_tag = store
+                .get_manifest(&repo, &Reference::Tag("t".parse().unwrap()))
+                .unwrap();
+            let expected = if named {
+                MediaType::OciManifest
+            } else {
+                MediaType::DockerManifest
+            };
+            assert_eq!(by_tag.media_type, expected, "{repo}");
+            let by_digest = store
+                .get_manifest(&repo, &Reference::Digest(by_tag.digest.clone()))
+                .unwrap();
+            assert_eq!(by_digest.media_type, MediaType::DockerManifest, "{repo}");
+            assert_eq!(by_digest.bytes, by_tag.bytes);
+        }
+    }
 }

@@ -93,11 +93,18 @@ fn corrupt(what: &str) -> Error {
     Error::new(ErrorCode::Unknown, format!("corrupt metadata: {what}"))
 }
 
-/// A manifest's media type (one byte) followed by its exact bytes.
+/// A manifest's media type (one byte) followed by its exact bytes. The byte's high bit
+/// ([`NAMED_BY_BYTES`], data format 3) says the bytes name their media type themselves (a
+/// `mediaType` field, which a put's `Content-Type` must match), so every repository serves them
+/// with this one and a lookup by tag need not read the repository's link for it.
 pub(super) struct ManifestRecord {
     pub media_type: MediaType,
+    pub named_by_bytes: bool,
     pub bytes: Bytes,
 }
+
+/// The flag in a [`ManifestRecord`]'s first byte.
+const NAMED_BY_BYTES: u8 = 0x80;
 
 pub(super) fn media_type_code(media_type: MediaType) -> u8 {
     match media_type {
@@ -119,21 +126,22 @@ pub(super) fn media_type_from_code(code: u8) -> Result<MediaType> {
 }
 
 impl ManifestRecord {
-    pub fn encode(media_type: MediaType, bytes: &[u8]) -> Vec<u8> {
+    pub fn encode(media_type: MediaType, named_by_bytes: bool, bytes: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(bytes.len() + 1);
-        v.push(media_type_code(media_type));
+        let flag = if named_by_bytes { NAMED_BY_BYTES } else { 0 };
+        v.push(media_type_code(media_type) | flag);
         v.extend_from_slice(bytes);
         v
     }
 
-    pub fn decode(v: &[u8]) -> Result<ManifestRecord> {
-        let (&code, rest) = v
-            .split_first()
-            .ok_or_else(|| corrupt("empty manifest record"))?;
-        let media_type = media_type_from_code(code)?;
+    /// The record as stored; its bytes are shared with the index's copy, not copied.
+    pub fn decode(v: sled::IVec) -> Result<ManifestRecord> {
+        let &code = v.first().ok_or_else(|| corrupt("empty manifest record"))?;
+        let media_type = media_type_from_code(code & !NAMED_BY_BYTES)?;
         Ok(ManifestRecord {
             media_type,
-            bytes: Bytes::copy_from_slice(rest),
+            named_by_bytes: code & NAMED_BY_BYTES != 0,
+            bytes: Bytes::from_owner(v).slice(1..),
         })
     }
 }

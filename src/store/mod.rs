@@ -25,6 +25,7 @@ mod manifest_commit;
 mod metadata;
 mod mirror;
 pub mod outbox;
+mod pulls;
 pub mod sweep;
 mod uploads;
 pub mod usage;
@@ -98,6 +99,8 @@ pub struct Store {
     promised: evict::Promised,
     /// Garbage collection's grace period, which eviction respects too (milliseconds).
     grace_ms: AtomicU64,
+    /// Pulls noted but not yet written to `tag_use` (see [`pulls`]).
+    pending_pulls: pulls::PendingPulls,
     /// The metadata index's cache size it was opened with (bytes).
     metadata_cache: u64,
 }
@@ -161,6 +164,7 @@ impl Store {
             used: AtomicU64::new(0),
             promised: evict::Promised::default(),
             grace_ms: AtomicU64::new(3_600_000),
+            pending_pulls: pulls::PendingPulls::default(),
             metadata_cache,
         };
         store.migrate(found_format)?;
@@ -176,6 +180,7 @@ impl Store {
         }
         let store = Arc::new(store);
         store.spawn_usage_walk();
+        store.spawn_pull_writer();
         Ok(store)
     }
 
@@ -365,40 +370,59 @@ impl Store {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        let digest = match reference {
+        let record_of = |digest: &Digest| -> Result<ManifestRecord> {
+            let record = self
+                .trees
+                .manifests
+                .get(digest.to_string())?
+                .ok_or_else(|| manifest_unknown(reference))?;
+            ManifestRecord::decode(record)
+        };
+        // The media type this repository was given (the record's for links made before media
+        // types were kept per repository).
+        let linked_type = |link: &[u8], record: &ManifestRecord| match link.first() {
+            Some(&code) => metadata::media_type_from_code(code),
+            None => Ok(record.media_type),
+        };
+        match reference {
             Reference::Tag(tag) => {
                 let target = self
                     .trees
                     .tags
                     .get(key2(repo.as_str(), tag.as_str()))?
                     .ok_or_else(|| manifest_unknown(reference))?;
-                metadata::decode_digest(&target)?
+                let digest = metadata::decode_digest(&target)?;
+                self.note_pull(repo, tag.as_str());
+                let record = record_of(&digest)?;
+                // A tag only ever names a manifest linked in its repository (they leave
+                // together), so the link is read only for the media type, and only when the
+                // bytes leave it open.
+                let media_type = if record.named_by_bytes {
+                    record.media_type
+                } else {
+                    let (_, link) = self
+                        .manifest_link(repo, &digest)?
+                        .ok_or_else(|| manifest_unknown(reference))?;
+                    linked_type(&link, &record)?
+                };
+                Ok(StoredManifest {
+                    digest,
+                    media_type,
+                    bytes: record.bytes,
+                })
             }
-            Reference::Digest(d) => d.clone(),
-        };
-        if let Reference::Tag(tag) = reference {
-            self.note_pull(repo, tag.as_str());
+            Reference::Digest(digest) => {
+                let (stored, link) = self
+                    .manifest_link(repo, digest)?
+                    .ok_or_else(|| manifest_unknown(reference))?;
+                let record = record_of(&stored)?;
+                Ok(StoredManifest {
+                    digest: digest.clone(),
+                    media_type: linked_type(&link, &record)?,
+                    bytes: record.bytes,
+                })
+            }
         }
-        let (stored, link) = self
-            .manifest_link(repo, &digest)?
-            .ok_or_else(|| manifest_unknown(reference))?;
-        let record = self
-            .trees
-            .manifests
-            .get(stored.to_string())?
-            .ok_or_else(|| manifest_unknown(reference))?;
-        let record = ManifestRecord::decode(&record)?;
-        // The media type this repository was given; the record's for links made before media
-        // types were kept per repository.
-        let media_type = match link.first() {
-            Some(&code) => metadata::media_type_from_code(code)?,
-            None => record.media_type,
-        };
-        Ok(StoredManifest {
-            digest,
-            media_type,
-            bytes: record.bytes,
-        })
     }
 
     /// Store manifest `bytes` in `repo` under `reference`. Everything it references must already
@@ -454,7 +478,7 @@ impl Store {
             Reference::Tag(_) => None,
         };
         let digest_str = digest.to_string();
-        let record = ManifestRecord::encode(parsed.media_type, &bytes);
+        let record = ManifestRecord::encode(parsed.media_type, parsed.media_type_named, &bytes);
         let referrer = parsed
             .subject
             .as_ref()
