@@ -37,6 +37,8 @@ pub(super) struct PendingPulls {
     notes: Mutex<BTreeMap<Vec<u8>, u64>>,
     /// Wakes the background writer when [`WRITE_AT`] tags wait.
     many: Arc<tokio::sync::Notify>,
+    /// Held while notes are written, so eviction waits for notes another thread took.
+    writing: Mutex<()>,
 }
 
 impl PendingPulls {
@@ -65,8 +67,14 @@ impl Store {
         }
     }
 
-    /// Write every noted pull to `tag_use`; returns how many were noted.
+    /// Write every noted pull to `tag_use`, and wait for notes another thread is writing;
+    /// returns how many this call wrote.
     pub(super) fn write_pending_pulls(&self) -> Result<usize> {
+        let _writing = self
+            .pending_pulls
+            .writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let notes = std::mem::take(&mut *self.pending_pulls.lock());
         let noted = notes.len();
         for (key, at) in notes {
