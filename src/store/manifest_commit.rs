@@ -407,6 +407,7 @@ mod tests {
             Digest::sha256_of(b"{\"b\":2}").to_string().as_bytes()
         );
     }
+
     /// By tag, the media type comes from the record when its bytes name it, and from the
     /// repository's link otherwise (records of data format 2 included); by digest, always from
     /// the link. The link's type here deliberately differs from the record's, to see which is

@@ -158,6 +158,18 @@ mod tests {
         decode_use(&store.trees.tag_use.get(key).unwrap().unwrap())
     }
 
+    fn pulled_long_ago(store: &Store, key: &[u8], origin: u8) {
+        store
+            .trees
+            .tag_use
+            .insert(key, &encode_use(origin, 5))
+            .unwrap();
+    }
+
+    fn pulled_just_now(store: &Store, key: &[u8]) -> bool {
+        last_pull(store, key).1 >= now_secs() - 5
+    }
+
     /// A pull is noted, not written; it is written by the next batch, before eviction decides,
     /// and when the store closes. Tags pushed here keep their record.
     #[tokio::test]
@@ -167,16 +179,8 @@ mod tests {
         let repo: RepositoryName = "r/s".parse().unwrap();
         let synced = key2("r/s", "synced");
         let pushed = key2("r/s", "pushed");
-        store
-            .trees
-            .tag_use
-            .insert(&synced, &encode_use(SYNCED, 5))
-            .unwrap();
-        store
-            .trees
-            .tag_use
-            .insert(&pushed, &encode_use(PUSHED_HERE, 5))
-            .unwrap();
+        pulled_long_ago(&store, &synced, SYNCED);
+        pulled_long_ago(&store, &pushed, PUSHED_HERE);
 
         store.note_pull(&repo, "synced");
         store.note_pull(&repo, "pushed");
@@ -187,9 +191,8 @@ mod tests {
             "a pull wrote at once"
         );
         assert_eq!(store.write_pending_pulls().unwrap(), 3);
-        let (origin, at) = last_pull(&store, &synced);
-        assert_eq!(origin, SYNCED);
-        assert!(at >= now_secs() - 5, "{at}");
+        assert_eq!(last_pull(&store, &synced).0, SYNCED);
+        assert!(pulled_just_now(&store, &synced));
         assert_eq!(last_pull(&store, &pushed), (PUSHED_HERE, 5));
         assert!(store
             .trees
@@ -200,11 +203,7 @@ mod tests {
         assert_eq!(store.write_pending_pulls().unwrap(), 0);
 
         // Eviction writes what was noted before it looks for the least recently pulled tag.
-        store
-            .trees
-            .tag_use
-            .insert(&synced, &encode_use(SYNCED, 5))
-            .unwrap();
+        pulled_long_ago(&store, &synced, SYNCED);
         store.note_pull(&repo, "synced");
         store.set_storage_limits(StorageLimits {
             max_size: Some(0),
@@ -212,18 +211,14 @@ mod tests {
         });
         let refused = store.make_room(1).await.map(|_| ()).unwrap_err();
         assert_eq!(refused.code(), ErrorCode::InsufficientStorage);
-        assert!(last_pull(&store, &synced).1 >= now_secs() - 5);
+        assert!(pulled_just_now(&store, &synced));
 
         // Closing the store writes the last notes.
-        store
-            .trees
-            .tag_use
-            .insert(&synced, &encode_use(SYNCED, 5))
-            .unwrap();
+        pulled_long_ago(&store, &synced, SYNCED);
         store.note_pull(&repo, "synced");
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert!(last_pull(&store, &synced).1 >= now_secs() - 5);
+        assert!(pulled_just_now(&store, &synced));
     }
 
     /// The notes are bounded: once the map is full, a pull of a tag not in it is written at once.
@@ -236,13 +231,9 @@ mod tests {
             store.note_pull(&repo, &format!("t{i}"));
         }
         let synced = key2("r/s", "synced");
-        store
-            .trees
-            .tag_use
-            .insert(&synced, &encode_use(SYNCED, 5))
-            .unwrap();
+        pulled_long_ago(&store, &synced, SYNCED);
         store.note_pull(&repo, "synced");
-        assert!(last_pull(&store, &synced).1 >= now_secs() - 5);
+        assert!(pulled_just_now(&store, &synced));
         assert_eq!(store.pending_pulls.lock().len(), MAX_PENDING_PULLS);
         // A tag already noted is noted again, not written.
         store.note_pull(&repo, "t0");
