@@ -133,16 +133,11 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// The last seconds' notes are written as the store closes.
+    /// The last seconds' notes are written as the store closes (sled flushes its log as the
+    /// trees go, right after).
     fn drop(&mut self) {
-        match self.write_pending_pulls() {
-            Ok(0) => {}
-            Ok(_) => {
-                if let Err(e) = self.db.flush() {
-                    tracing::warn!(error = %e, "recording pulls failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "recording pulls failed"),
+        if let Err(e) = self.write_pending_pulls() {
+            tracing::warn!(error = %e, "recording pulls failed");
         }
     }
 }
@@ -236,7 +231,10 @@ mod tests {
         assert!(pulled_just_now(&store, &synced));
         assert_eq!(store.pending_pulls.lock().len(), MAX_PENDING_PULLS);
         // A tag already noted is noted again, not written.
+        let noted = key2("r/s", "t0");
+        pulled_long_ago(&store, &noted, SYNCED);
         store.note_pull(&repo, "t0");
+        assert_eq!(last_pull(&store, &noted), (SYNCED, 5), "written at once");
         assert_eq!(store.pending_pulls.lock().len(), MAX_PENDING_PULLS);
     }
 }
