@@ -5,6 +5,7 @@
 #   ./bench/big.sh                          # cargo build --release (binary + big-registry), then measure
 #   SKIP_BUILD=1 BIG_REPOS="10000" ./bench/big.sh
 #   METADATA_CACHE=64MiB ./bench/big.sh     # the nodes' storage.metadataCache (default: the node's)
+#   MANIFEST_CACHE=128MiB ./bench/big.sh    # the nodes' storage.manifestCache (default: the node's)
 #   BENCH_OUT=big.json ./bench/big.sh
 #
 # For each repository count R in BIG_REPOS (default 1250 2500 5000 10000: the cost table), with
@@ -14,8 +15,8 @@
 #   2. it is stopped (SIGTERM) and started again: the time until /v2/ answers, and the RSS then;
 #   3. `measure`: every `_catalog` page (n=100, `last`), the `tags/list` of 200 repositories
 #      (every page checked complete and ordered), then random manifest GETs by tag on 8
-#      connections for 10 s; the same GETs against a node holding one tag give the
-#      small-registry rate;
+#      connections: 5 s right after the start (the cold rate), then 10 s more (the rate); the
+#      same GETs against a node holding one tag give the small-registry rate;
 #   4. the size of the metadata directory per tag and per manifest;
 #   5. a child selecting 1 % of the repositories (every 100th, by exact name) runs
 #      `sync --once` twice: the first pass fetches, the second finds nothing new. For the largest
@@ -54,8 +55,10 @@ trap cleanup EXIT
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
 NODE_ARGS=()
-if [[ -n ${METADATA_CACHE:-} ]]; then
-    printf '{"storage": {"metadataCache": "%s"}}\n' "$METADATA_CACHE" >"$WORK/node.json"
+if [[ -n ${METADATA_CACHE:-}${MANIFEST_CACHE:-} ]]; then
+    python3 -c 'import json, sys; print(json.dumps({"storage": {k: v for k, v in
+        (("metadataCache", sys.argv[1]), ("manifestCache", sys.argv[2])) if v}}))' \
+        "${METADATA_CACHE:-}" "${MANIFEST_CACHE:-}" >"$WORK/node.json"
     NODE_ARGS=(--config "$WORK/node.json")
 fi
 start_node() { # DATA PORT -> sets NODE_PID once /v2/ answers
@@ -149,7 +152,7 @@ repos, tags, untagged = [int(x) for x in repos.split()], int(tags), int(untagged
 small = float(r["small_get_rps"])
 print("=== a big registry ===")
 hdr = (f"{'repos':>6} {'tags':>7} {'manifests':>9} {'seed/s':>7} {'start s':>7} {'start RSS':>9}"
-       f" {'catalog p50/p99 ms':>19} {'tags p50/p99 ms':>16} {'GET/s':>7} {'vs small':>8}"
+       f" {'catalog p50/p99 ms':>19} {'tags p50/p99 ms':>16} {'cold GET/s':>10} {'GET/s':>7} {'vs small':>8}"
        f" {'meta B/tag':>10} {'1% sync 1st/2nd s':>18}")
 print(hdr)
 print("-" * len(hdr))
@@ -160,6 +163,7 @@ for n in repos:
           f" {float(r[f'start_s_{n}']):>7.3f} {float(r[f'start_rss_kib_{n}'])/1024:>7.1f}Mi"
           f" {m['catalogPageMs']['p50']:>8.2f} / {m['catalogPageMs']['p99']:>6.2f}"
           f" {m['tagsListPageMs']['p50']:>6.2f} / {m['tagsListPageMs']['p99']:>6.2f}"
+          f" {m['manifestGetsPerSecondCold']:>10.0f}"
           f" {m['manifestGetsPerSecond']:>7.0f} {m['manifestGetsPerSecond']/small:>7.2f}x"
           f" {meta/(n*tags):>10.0f}"
           f" {float(r[f'ours_child_{n}_first_s']):>8.2f} / {float(r[f'ours_child_{n}_second_s']):>6.2f}")

@@ -55,6 +55,9 @@ enum Command {
         /// Seconds of manifest GETs.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Seconds of manifest GETs before those (their rate is reported as the cold rate).
+        #[arg(long, default_value_t = 5)]
+        warm_up: u64,
     },
 }
 
@@ -67,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
             page,
             tag_samples,
             seconds,
-        } => measure(&args, *page, *tag_samples, *seconds).await?,
+            warm_up,
+        } => measure(&args, *page, *tag_samples, *warm_up, *seconds).await?,
     };
     println!("{out}");
     Ok(())
@@ -219,6 +223,7 @@ async fn measure(
     args: &Args,
     page: usize,
     tag_samples: usize,
+    warm_up: u64,
     seconds: u64,
 ) -> anyhow::Result<Value> {
     let mut conn = Conn::connect(&args.addr).await?;
@@ -247,7 +252,11 @@ async fn measure(
         let tags = walk(&mut conn, &path, "tags", page, &mut tag_times).await?;
         anyhow::ensure!(tags.len() == args.tags, "{path}: {} tags", tags.len());
     }
-    let (gets, get_seconds) = manifest_gets(args, seconds).await?;
+    let (cold_gets, cold_seconds) = match warm_up {
+        0 => (0, 1.0),
+        _ => manifest_gets(args, warm_up, 0).await?,
+    };
+    let (gets, get_seconds) = manifest_gets(args, seconds, 1).await?;
     Ok(json!({
         "repositories": names.len(),
         "catalogPages": catalog_times.len(),
@@ -257,11 +266,13 @@ async fn measure(
         "tagsListPageMs": percentiles(&mut tag_times),
         "manifestGets": gets,
         "manifestGetsPerSecond": gets as f64 / get_seconds,
+        "manifestGetsPerSecondCold": cold_gets as f64 / cold_seconds,
     }))
 }
 
-/// GET random tagged manifests on `concurrency` connections for `seconds`.
-async fn manifest_gets(args: &Args, seconds: u64) -> anyhow::Result<(u64, f64)> {
+/// GET random tagged manifests on `concurrency` connections for `seconds` (each `round` its own
+/// sequence of tags).
+async fn manifest_gets(args: &Args, seconds: u64, round: u64) -> anyhow::Result<(u64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -269,7 +280,7 @@ async fn manifest_gets(args: &Args, seconds: u64) -> anyhow::Result<(u64, f64)> 
         let (addr, repos, tags) = (args.addr.clone(), args.repos, args.tags.max(1));
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&addr).await?;
-            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1) ^ (round << 32);
             let mut done = 0u64;
             while Instant::now() < deadline {
                 // xorshift: a spread of repositories and tags, the same on every run.

@@ -4,7 +4,8 @@
 //! OpenMetrics parser), and every value is checked: requests by route, method and status
 //! exactly, body bytes in and out exactly, the pull histogram, outbox depth, storage. Also who
 //! may scrape (a token, or anyone once `metrics.anonymous` is set in the watched config file),
-//! and a child's sync bytes and lag with its parent's count of connected children.
+//! a child's sync bytes and lag with its parent's count of connected children, and the
+//! manifest cache's use following `storage.manifestCache` live.
 
 use crate::common;
 
@@ -321,6 +322,21 @@ fn known_traffic_is_counted_exactly_and_parsed_by_prometheus_client() {
         0.0
     );
     assert_eq!(first.must("connected_registry_evictions_total", &[]), 0.0);
+    // The first GET of v1 read the index; the other GETs and the HEAD were answered from
+    // memory; the missing tag read the index and kept nothing.
+    assert_eq!(
+        first.must("connected_registry_manifest_cache_misses_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        first.must("connected_registry_manifest_cache_hits_total", &[]),
+        MANIFEST_PULLS as f64
+    );
+    let kept = first.must("connected_registry_manifest_cache_bytes", &[]);
+    assert!(
+        kept > image.bytes.len() as f64 && kept < (image.bytes.len() + 1024) as f64,
+        "one manifest kept, counted as {kept} bytes"
+    );
     assert_eq!(
         first.must("connected_registry_connected_children", &[]),
         0.0
@@ -364,6 +380,50 @@ fn edit_config(path: &Path, edit: impl FnOnce(&mut Value)) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `storage.manifestCache` applies live: a pulled manifest is kept in memory (the gauge says
+/// what it counts for), and the watched config file setting it to 0 empties the cache without a
+/// restart, while the same pulls are served the same from the index.
+#[test]
+fn the_manifest_cache_follows_the_config_file_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"storage": {"manifestCache": "1MiB"}}"#).unwrap();
+    let reg = Registry::start_with(&["--config", config.to_str().unwrap()]);
+    let base = reg.url("");
+    let image = Image::new("linux/amd64", &[random_bytes(4, 1000)]);
+    common::peers::push_image(&base, "cache/app", "v1", &image);
+    let pull = || {
+        let r = request(Method::GET, &base, "/v2/cache/app/manifests/v1", &[], None);
+        assert_eq!((r.status, &r.body), (200, &image.bytes));
+    };
+    let cache = || {
+        let s = scrape(&base, None, "*/*");
+        (
+            s.must("connected_registry_manifest_cache_bytes", &[]),
+            s.must("connected_registry_manifest_cache_hits_total", &[]),
+            s.must("connected_registry_manifest_cache_misses_total", &[]),
+        )
+    };
+    pull();
+    pull();
+    let (kept, hits, misses) = cache();
+    assert!(kept > image.bytes.len() as f64, "kept {kept} bytes");
+    assert_eq!((hits, misses), (1.0, 1.0));
+
+    edit_config(&config, |c| c["storage"]["manifestCache"] = json!("0"));
+    assert!(
+        poll_every(Duration::from_millis(200), Duration::from_secs(15), || {
+            cache().0 == 0.0
+        }),
+        "manifestCache 0 did not empty the cache; log:\n{}",
+        reg.log_text()
+    );
+    pull();
+    pull();
+    assert_eq!(cache(), (0.0, 1.0, 3.0), "pulls with the cache off");
+    reg.assert_no_panic();
 }
 
 #[test]

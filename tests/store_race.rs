@@ -1,6 +1,7 @@
 //! The store under racing clients: random pushes, tags, untags and deletes from several clients
-//! at once must leave a store whose invariants hold (every tag resolves to a manifest the
-//! repository holds, every manifest's blobs exist, the change feed replays to the same state),
+//! at once, with readers of the tags, must leave a store whose invariants hold (every tag
+//! resolves to a manifest the repository holds, every manifest's blobs exist, the change feed
+//! replays to the same state, no tag is served from memory as it was before a write moved it),
 //! before and after a restart; requests racing on one upload session never fail with a 5xx;
 //! one repository never changes what another serves; abandoned upload sessions expire.
 
@@ -261,8 +262,29 @@ fn racing_pushes_tags_untags_and_deletes_keep_the_store_consistent() {
             })
         })
         .collect();
+    // Readers of the tags meanwhile: a tag read from the index just before a write moved it
+    // must not be served from memory after (the final check would see a tag that the feed
+    // says moved).
+    let readers: Vec<_> = (0..2u64)
+        .map(|reader| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x51ED_270B ^ ((reader + 1) * 0x9E37_79B9));
+                let mut reads = 0;
+                while Instant::now() < deadline {
+                    let repo = REPOS[rng.below(REPOS.len())];
+                    let tag = TAGS[rng.below(TAGS.len())];
+                    let status = get(&base, &format!("/v2/{repo}/manifests/{tag}")).status;
+                    assert!([200, 404].contains(&status), "GET {repo}:{tag}: {status}");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
     let ops: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
-    eprintln!("{ops} racing operations");
+    let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    eprintln!("{ops} racing operations, {reads} reads of tags");
     assert!(ops > 200, "too few operations ran to prove anything: {ops}");
     // What the follower saw is the whole feed since it started: an event committed after a
     // newer one was handed out would be behind its cursor, never seen.

@@ -171,6 +171,7 @@ async fn node_values(api: &Api) -> NodeValues {
         storage_free_bytes: free,
         gc_freed_bytes: api.store.freed_bytes_total(),
         evictions: api.store.evictions_total(),
+        manifest_cache: api.store.manifest_cache_usage(),
         connected_children: children::connected(api)
             .inspect_err(|e| tracing::warn!(error = %e, "listing the children for /metrics failed"))
             .ok(),

@@ -20,7 +20,7 @@ pub mod watch;
 pub use limits::{open_files_limit, Limits, LimitsConfig};
 pub use operations::{
     GarbageCollection, GarbageCollectionConfig, MetricsConfig, StorageConfig, StorageLimits,
-    DEFAULT_METADATA_CACHE,
+    DEFAULT_MANIFEST_CACHE, DEFAULT_METADATA_CACHE,
 };
 pub use tokens::{Action, GatewayAction, RepositoryAction, TokenConfig, TokenStatus};
 
@@ -376,6 +376,7 @@ impl Config {
         self.limits()?;
         self.storage_limits()?;
         self.metadata_cache()?;
+        self.manifest_cache()?;
         self.garbage_collection()?;
         tokens::validate_tokens(
             "clientTokens",
@@ -432,6 +433,11 @@ impl Config {
     /// The metadata index's cache size in bytes (`storage.metadataCache`, read at start).
     pub fn metadata_cache(&self) -> Result<u64, ConfigError> {
         self.storage.clone().unwrap_or_default().metadata_cache()
+    }
+
+    /// The memory the manifests served by tag may keep (`storage.manifestCache`, applied live).
+    pub fn manifest_cache(&self) -> Result<u64, ConfigError> {
+        self.storage.clone().unwrap_or_default().manifest_cache()
     }
 
     /// The garbage collection settings with defaults filled in.

@@ -22,6 +22,9 @@ pub struct StorageConfig {
     /// Like `"64MiB"`: memory the metadata index may keep cached (default 32 MiB; read at
     /// start). Larger keeps more of a big registry's tags and manifests in memory.
     pub metadata_cache: Option<String>,
+    /// Like `"128MiB"`: memory the manifests served by tag may keep (default 32 MiB, applied
+    /// live; `"0"` keeps none). It fills only with what is pulled.
+    pub manifest_cache: Option<String>,
 }
 
 /// The storage limits in force.
@@ -37,6 +40,10 @@ pub const DEFAULT_MIN_FREE: u64 = 256 * 1024 * 1024;
 /// pages a busy node's writes touch (with 8 MiB, eight clients pushing manifests spent their
 /// commits paging index nodes in and out; BENCHMARKS.md, "The metadata cache").
 pub const DEFAULT_METADATA_CACHE: u64 = 32 * 1024 * 1024;
+
+/// The manifests served by tag unless `storage.manifestCache` says otherwise: 40,000 to 50,000
+/// small manifests; a registry of a few hundred tags keeps them all in a few hundred KiB.
+pub const DEFAULT_MANIFEST_CACHE: u64 = 32 * 1024 * 1024;
 
 /// Below this the index would page on every lookup.
 const MIN_METADATA_CACHE: u64 = 1024 * 1024;
@@ -85,6 +92,15 @@ impl StorageConfig {
             });
         }
         Ok(bytes)
+    }
+
+    /// The memory the manifests served by tag may keep, in bytes.
+    pub fn manifest_cache(&self) -> Result<u64, ConfigError> {
+        self.manifest_cache
+            .as_deref()
+            .map_or(Ok(DEFAULT_MANIFEST_CACHE), |text| {
+                parse_size("storage.manifestCache", text)
+            })
     }
 }
 
@@ -198,6 +214,7 @@ mod tests {
             max_size: Some("20GiB".into()),
             min_free: Some("1GiB".into()),
             metadata_cache: Some("64MiB".into()),
+            manifest_cache: Some("0".into()),
         };
         let limits = s.resolve().unwrap();
         assert_eq!(limits.max_size, Some(20 << 30));
@@ -211,6 +228,17 @@ mod tests {
             StorageConfig::default().metadata_cache().unwrap(),
             DEFAULT_METADATA_CACHE
         );
+        assert_eq!(s.manifest_cache().unwrap(), 0);
+        assert_eq!(
+            StorageConfig::default().manifest_cache().unwrap(),
+            DEFAULT_MANIFEST_CACHE
+        );
+        let bad = StorageConfig {
+            manifest_cache: Some("plenty".into()),
+            ..Default::default()
+        };
+        let e = bad.manifest_cache().unwrap_err().to_string();
+        assert!(e.contains("storage.manifestCache"), "{e}");
         let bad = StorageConfig {
             max_size: Some("lots".into()),
             ..Default::default()

@@ -26,6 +26,8 @@ pub struct NodeValues {
     pub gc_freed_bytes: u64,
     /// Synced tags evicted to stay within the storage limit since the start.
     pub evictions: u64,
+    /// The manifests served by tag that are kept in memory, and how lookups were served.
+    pub manifest_cache: crate::store::ManifestCacheUsage,
     /// Children whose latest report says they are connected (`Online` or `Syncing`); `None`
     /// when they could not be listed.
     pub connected_children: Option<u64>,
@@ -89,6 +91,22 @@ impl NodeValues {
             "evictions",
             "Synced tags evicted to stay within the storage limit since the process started",
             ConstCounter::new(self.evictions),
+        );
+        r.register(
+            "manifest_cache_hits",
+            "Manifest lookups by tag answered from memory since the process started",
+            ConstCounter::new(self.manifest_cache.hits),
+        );
+        r.register(
+            "manifest_cache_misses",
+            "Manifest lookups by tag that read the metadata index since the process started",
+            ConstCounter::new(self.manifest_cache.misses),
+        );
+        r.register_with_unit(
+            "manifest_cache",
+            "What the manifests kept in memory count for against storage.manifestCache",
+            Unit::Bytes,
+            ConstGauge::new(self.manifest_cache.bytes),
         );
         if let Some(children) = self.connected_children {
             r.register(

@@ -325,6 +325,7 @@ fn apply_storage(store: &Store, config: &Config) -> Result<(), ConfigError> {
     store.set_storage_limits(config.storage_limits()?);
     store.set_has_parent(config.parent.is_some());
     store.set_grace_period(config.garbage_collection()?.grace_period);
+    store.set_manifest_cache(config.manifest_cache()?);
     Ok(())
 }
 

@@ -76,6 +76,7 @@ impl Store {
             )?;
             Ok(())
         })?;
+        self.manifest_cache.forget(&key);
         Ok(())
     }
 
@@ -155,6 +156,9 @@ impl Store {
                 }
                 Ok(())
             })?;
+        for (key, _) in &tag_keys {
+            self.manifest_cache.forget(key);
+        }
         Ok(())
     }
 }

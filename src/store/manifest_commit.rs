@@ -26,6 +26,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 use super::locks::RepoLocks;
+use super::manifest_cache::ManifestCache;
 use super::metadata::{self, key2, Trees};
 use super::{abort, aliases, outbox, ChangeAction};
 use crate::oci::{Digest, Error, ErrorCode, RepositoryName, Result, Tag};
@@ -72,6 +73,8 @@ pub(super) struct ManifestCommits {
     queue: Mutex<Vec<Queued>>,
     trees: Trees,
     locks: Arc<RepoLocks>,
+    /// Told of every tag a committed write moved.
+    cache: Arc<ManifestCache>,
 }
 
 type TxTrees = (
@@ -88,11 +91,16 @@ type TxTrees = (
 );
 
 impl ManifestCommits {
-    pub fn new(trees: Trees, locks: Arc<RepoLocks>) -> Arc<ManifestCommits> {
+    pub fn new(
+        trees: Trees,
+        locks: Arc<RepoLocks>,
+        cache: Arc<ManifestCache>,
+    ) -> Arc<ManifestCommits> {
         Arc::new(ManifestCommits {
             queue: Mutex::default(),
             trees,
             locks,
+            cache,
         })
     }
 
@@ -167,6 +175,13 @@ impl ManifestCommits {
         while !ready.is_empty() {
             match self.transact(&ready, &tags) {
                 Ok(()) => {
+                    // Before any writer hears of it, no cached answer of a moved tag is left.
+                    for (queued, tag) in ready.iter().zip(&tags) {
+                        if let Some(tag) = tag {
+                            self.cache
+                                .forget(&key2(queued.write.repo.as_str(), tag.as_str()));
+                        }
+                    }
                     for queued in ready.drain(..) {
                         let _ = queued.done.send(Ok(()));
                     }

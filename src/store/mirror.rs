@@ -170,10 +170,16 @@ impl Store {
         }
         self.trees.blob_links.apply_batch(batch)?;
         let mut batch = sled::Batch::default();
+        let mut tag_keys = Vec::new();
         for key in self.trees.tags.scan_prefix(&prefix).keys() {
-            batch.remove(key?);
+            let key = key?;
+            batch.remove(key.clone());
+            tag_keys.push(key);
         }
         self.trees.tags.apply_batch(batch)?;
+        for key in &tag_keys {
+            self.manifest_cache.forget(key);
+        }
         self.remove_aliases(repo)?;
         self.trees.repos.remove(repo.as_str())?;
         Ok(())

@@ -21,7 +21,9 @@ pub mod gc;
 mod group_flush;
 mod listings;
 mod locks;
+mod manifest_cache;
 mod manifest_commit;
+mod manifest_reads;
 mod metadata;
 mod mirror;
 pub mod outbox;
@@ -47,6 +49,7 @@ use crate::oci::{
 };
 pub use blobs::BlobFiles;
 use locks::{RepoGuard, RepoLocks};
+pub use manifest_cache::ManifestCacheUsage;
 use metadata::{key2, key3, ManifestRecord, Trees};
 pub use metadata::{ChangeAction, ChangeEvent};
 pub use uploads::{UploadId, UploadStatus};
@@ -101,6 +104,8 @@ pub struct Store {
     grace_ms: AtomicU64,
     /// Pulls noted but not yet written to `tag_use` (see [`pulls`]).
     pending_pulls: pulls::PendingPulls,
+    /// Manifests served by tag, kept in memory (see [`manifest_cache`]).
+    manifest_cache: Arc<manifest_cache::ManifestCache>,
     /// The metadata index's cache size it was opened with (bytes).
     metadata_cache: u64,
 }
@@ -137,7 +142,14 @@ impl Store {
         let newest = metadata::newest_change(&trees.changes)?;
         let last_change = Arc::new(tokio::sync::watch::Sender::new(newest));
         let locks = Arc::new(RepoLocks::new());
-        let commits = manifest_commit::ManifestCommits::new(trees.clone(), locks.clone());
+        let manifest_cache = Arc::new(manifest_cache::ManifestCache::new(
+            crate::config::DEFAULT_MANIFEST_CACHE,
+        ));
+        let commits = manifest_commit::ManifestCommits::new(
+            trees.clone(),
+            locks.clone(),
+            manifest_cache.clone(),
+        );
         let flusher = group_flush::GroupFlush::new(flush_work(
             commits.clone(),
             db.clone(),
@@ -165,6 +177,7 @@ impl Store {
             promised: evict::Promised::default(),
             grace_ms: AtomicU64::new(3_600_000),
             pending_pulls: pulls::PendingPulls::default(),
+            manifest_cache,
             metadata_cache,
         };
         store.migrate(found_format)?;
@@ -219,6 +232,17 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How much memory the manifests served by tag may keep (`storage.manifestCache`, applied
+    /// live; 0 keeps none).
+    pub fn set_manifest_cache(&self, bytes: u64) {
+        self.manifest_cache.set_budget(bytes);
+    }
+
+    /// The manifests kept in memory, what they count for, and how lookups by tag were served.
+    pub fn manifest_cache_usage(&self) -> ManifestCacheUsage {
+        self.manifest_cache.usage()
     }
 
     /// The metadata index's cache size, as opened (bytes).
@@ -362,68 +386,6 @@ impl Store {
     }
 
     // ---- manifests ---------------------------------------------------------------------------
-
-    /// Resolve `reference` in `repo` to its stored manifest (a digest may be an alias, see
-    /// [`aliases`]).
-    pub fn get_manifest(
-        &self,
-        repo: &RepositoryName,
-        reference: &Reference,
-    ) -> Result<StoredManifest> {
-        let record_of = |digest: &Digest| -> Result<ManifestRecord> {
-            let record = self
-                .trees
-                .manifests
-                .get(digest.to_string())?
-                .ok_or_else(|| manifest_unknown(reference))?;
-            ManifestRecord::decode(record)
-        };
-        // The media type this repository was given (the record's for links made before media
-        // types were kept per repository).
-        let linked_type = |link: &[u8], record: &ManifestRecord| match link.first() {
-            Some(&code) => metadata::media_type_from_code(code),
-            None => Ok(record.media_type),
-        };
-        match reference {
-            Reference::Tag(tag) => {
-                let target = self
-                    .trees
-                    .tags
-                    .get(key2(repo.as_str(), tag.as_str()))?
-                    .ok_or_else(|| manifest_unknown(reference))?;
-                let digest = metadata::decode_digest(&target)?;
-                self.note_pull(repo, tag.as_str());
-                let record = record_of(&digest)?;
-                // A tag only ever names a manifest linked in its repository (they leave
-                // together), so the link is read only for the media type, and only when the
-                // bytes leave it open.
-                let media_type = if record.named_by_bytes {
-                    record.media_type
-                } else {
-                    let (_, link) = self
-                        .manifest_link(repo, &digest)?
-                        .ok_or_else(|| manifest_unknown(reference))?;
-                    linked_type(&link, &record)?
-                };
-                Ok(StoredManifest {
-                    digest,
-                    media_type,
-                    bytes: record.bytes,
-                })
-            }
-            Reference::Digest(digest) => {
-                let (stored, link) = self
-                    .manifest_link(repo, digest)?
-                    .ok_or_else(|| manifest_unknown(reference))?;
-                let record = record_of(&stored)?;
-                Ok(StoredManifest {
-                    digest: digest.clone(),
-                    media_type: linked_type(&link, &record)?,
-                    bytes: record.bytes,
-                })
-            }
-        }
-    }
 
     /// Store manifest `bytes` in `repo` under `reference`. Everything it references must already
     /// be in `repo`; the manifest, its tag, its referrer entry and the change event become

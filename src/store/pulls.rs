@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::evict::{decode_use, encode_use, now_secs, PULLED_AGAIN_AFTER_SECS, PUSHED_HERE};
-use super::metadata::key2;
 use super::Store;
-use crate::oci::{RepositoryName, Result};
+use crate::oci::Result;
 
 /// The background task writes the notes as soon as this many tags wait.
 const WRITE_AT: usize = 16_384;
@@ -48,9 +47,9 @@ impl PendingPulls {
 }
 
 impl Store {
-    /// Note a pull of `tag`, for eviction's least-recently-pulled order.
-    pub(super) fn note_pull(&self, repo: &RepositoryName, tag: &str) {
-        let key = key2(repo.as_str(), tag);
+    /// Note a pull of the tag `key` (`repo\0tag`) names, for eviction's least-recently-pulled
+    /// order.
+    pub(super) fn note_pull_of(&self, key: Vec<u8>) {
         let now = now_secs();
         {
             let mut notes = self.pending_pulls.lock();
@@ -81,6 +80,16 @@ impl Store {
             self.write_pull(&key, at)?;
         }
         Ok(noted)
+    }
+
+    /// Whether pulls of the tag at `key` move its use record: it has one, and the tag was not
+    /// pushed here (see [`Store::write_pull`]). Only a write of the tag changes that.
+    pub(super) fn pulls_are_recorded(&self, key: &[u8]) -> Result<bool> {
+        Ok(self
+            .trees
+            .tag_use
+            .get(key)?
+            .is_some_and(|value| decode_use(&value).0 != PUSHED_HERE))
     }
 
     /// Move the last-pull time of the tag at `key` to `at`, unless it was pushed here, is gone,
@@ -146,8 +155,13 @@ impl Drop for Store {
 mod tests {
     use super::*;
     use crate::config::StorageLimits;
-    use crate::oci::ErrorCode;
+    use crate::oci::{ErrorCode, RepositoryName};
     use crate::store::evict::SYNCED;
+    use crate::store::metadata::key2;
+
+    fn note_pull(store: &Store, repo: &RepositoryName, tag: &str) {
+        store.note_pull_of(key2(repo.as_str(), tag));
+    }
 
     fn last_pull(store: &Store, key: &[u8]) -> (u8, u64) {
         decode_use(&store.trees.tag_use.get(key).unwrap().unwrap())
@@ -177,9 +191,9 @@ mod tests {
         pulled_long_ago(&store, &synced, SYNCED);
         pulled_long_ago(&store, &pushed, PUSHED_HERE);
 
-        store.note_pull(&repo, "synced");
-        store.note_pull(&repo, "pushed");
-        store.note_pull(&repo, "never-tagged");
+        note_pull(&store, &repo, "synced");
+        note_pull(&store, &repo, "pushed");
+        note_pull(&store, &repo, "never-tagged");
         assert_eq!(
             last_pull(&store, &synced),
             (SYNCED, 5),
@@ -199,7 +213,7 @@ mod tests {
 
         // Eviction writes what was noted before it looks for the least recently pulled tag.
         pulled_long_ago(&store, &synced, SYNCED);
-        store.note_pull(&repo, "synced");
+        note_pull(&store, &repo, "synced");
         store.set_storage_limits(StorageLimits {
             max_size: Some(0),
             min_free: 0,
@@ -210,7 +224,7 @@ mod tests {
 
         // Closing the store writes the last notes.
         pulled_long_ago(&store, &synced, SYNCED);
-        store.note_pull(&repo, "synced");
+        note_pull(&store, &repo, "synced");
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert!(pulled_just_now(&store, &synced));
@@ -223,17 +237,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let repo: RepositoryName = "r/s".parse().unwrap();
         for i in 0..MAX_PENDING_PULLS {
-            store.note_pull(&repo, &format!("t{i}"));
+            note_pull(&store, &repo, &format!("t{i}"));
         }
         let synced = key2("r/s", "synced");
         pulled_long_ago(&store, &synced, SYNCED);
-        store.note_pull(&repo, "synced");
+        note_pull(&store, &repo, "synced");
         assert!(pulled_just_now(&store, &synced));
         assert_eq!(store.pending_pulls.lock().len(), MAX_PENDING_PULLS);
         // A tag already noted is noted again, not written.
         let noted = key2("r/s", "t0");
         pulled_long_ago(&store, &noted, SYNCED);
-        store.note_pull(&repo, "t0");
+        note_pull(&store, &repo, "t0");
         assert_eq!(last_pull(&store, &noted), (SYNCED, 5), "written at once");
         assert_eq!(store.pending_pulls.lock().len(), MAX_PENDING_PULLS);
     }
