@@ -15,7 +15,7 @@
 #   2. it is stopped (SIGTERM) and started again: the time until /v2/ answers, and the RSS then;
 #   3. `measure`: every `_catalog` page (n=100, `last`), the `tags/list` of 200 repositories
 #      (every page checked complete and ordered), then random manifest GETs by tag on 8
-#      connections: 5 s right after the start (the cold rate), then 10 s more (the rate); the
+#      connections: 10 s right after the start (the cold rate), then 10 s more (the rate); the
 #      same GETs against a node holding one tag give the small-registry rate;
 #   4. the size of the metadata directory per tag and per manifest;
 #   5. a child selecting 1 % of the repositories (every 100th, by exact name) runs

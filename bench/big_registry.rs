@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
         /// Seconds of manifest GETs before those (their rate is reported as the cold rate).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 10)]
         warm_up: u64,
     },
 }
