@@ -157,7 +157,12 @@ impl ManifestCache {
         let per_shard = budget / SHARDS as u64;
         self.shard_budget.store(per_shard, Ordering::Relaxed);
         for index in 0..SHARDS {
-            self.lock(index).shrink_to(per_shard);
+            let mut shard = self.lock(index);
+            shard.shrink_to(per_shard);
+            if shard.entries.is_empty() {
+                // Its table keeps the size it grew to: turned off, the memory goes back.
+                shard.entries = LruCache::unbounded();
+            }
         }
     }
 
