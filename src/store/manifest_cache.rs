@@ -2,9 +2,9 @@
 //!
 //! A `GET` by tag reads two entries of the metadata index (the tag, then the manifest record).
 //! In a big registry (100,000 tags, an index far larger than sled's cache) each is a page read
-//! and a decode, and even with the whole index cached sled's lookup costs more than the rest of
-//! the request: a random `GET` over 100,000 tags cost the node 23.5 µs of CPU against 10.9 µs
-//! for a registry of one tag (BENCHMARKS.md, "Manifests by tag from memory"). This cache maps a
+//! and a decode, and even with the whole index cached the lookups (and the pull notes they
+//! lead to) cost more than the rest of the request: a random `GET` over 100,000 tags cost the
+//! node 23.5 µs of CPU against 10.9 µs for a registry of one tag (BENCHMARKS.md, "Manifests by tag from memory"). This cache maps a
 //! tag to what the `GET` answers (digest, media type, bytes), least recently used out first,
 //! within `storage.manifestCache` bytes (applied live; 0 turns it off).
 //!
@@ -46,7 +46,7 @@ struct Shard {
     /// Lookups answered from memory, and not, so far (for `/metrics`).
     hits: u64,
     misses: u64,
-    /// Weight of the entries (bytes, see [`weight`]).
+    /// Weight of the entries (bytes, see [`weight_of`]).
     weight: u64,
     entries: LruCache<Vec<u8>, Cached>,
 }
@@ -152,6 +152,11 @@ impl ManifestCache {
         }
     }
 
+    /// Whether anything may be kept (`storage.manifestCache` is not 0).
+    pub fn is_on(&self) -> bool {
+        self.shard_budget.load(Ordering::Relaxed) > 0
+    }
+
     /// Change the budget (`storage.manifestCache`), dropping what no longer fits.
     pub fn set_budget(&self, budget: u64) {
         let per_shard = budget / SHARDS as u64;
@@ -166,6 +171,7 @@ impl ManifestCache {
         }
     }
 
+    /// What the shards hold and how their lookups went.
     pub fn usage(&self) -> ManifestCacheUsage {
         (0..SHARDS).fold(ManifestCacheUsage::default(), |sum, index| {
             let shard = self.lock(index);

@@ -68,14 +68,18 @@ impl Store {
                 bytes: record.bytes,
             });
         }
-        // Bytes that name their type are answered the same until the tag moves, and so is
-        // whether its pulls are recorded (its origin changes only when the tag is written).
-        let note_pulls = self.pulls_are_recorded(&key)?;
         let manifest = StoredManifest {
             digest,
             media_type: record.media_type,
             bytes: record.bytes,
         };
+        if !self.manifest_cache.is_on() {
+            self.note_pull_of(key);
+            return Ok(manifest);
+        }
+        // Bytes that name their type are answered the same until the tag moves, and so is
+        // whether its pulls are recorded (its origin changes only when the tag is written).
+        let note_pulls = self.pulls_are_recorded(&key)?;
         self.manifest_cache
             .fill(&key, ticket, &manifest, note_pulls);
         if note_pulls {
@@ -194,5 +198,37 @@ mod tests {
         put("t", 5).await;
         assert_eq!(served("t"), Some(index(5)));
         assert_eq!(store.manifest_cache_usage().entries, 0);
+    }
+
+    /// Pulls of a synced tag are noted (eviction orders by them) whether the answer came from
+    /// memory or from the index; a tag pushed here, whose use record pulls never move, notes
+    /// nothing once it is in memory.
+    #[tokio::test]
+    async fn pulls_of_synced_tags_are_noted_from_memory_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let repo: RepositoryName = "noted/repo".parse().unwrap();
+        let tag = |t: &str| Reference::Tag(t.parse().unwrap());
+        store
+            .put_mirrored_manifest(&repo, &tag("synced"), OCI_INDEX, index(1))
+            .await
+            .unwrap();
+        store
+            .put_manifest(&repo, &tag("pushed"), Some(OCI_INDEX), index(2))
+            .await
+            .unwrap();
+        store.write_pending_pulls().unwrap();
+        let noted_by = |t: &str| {
+            store.get_manifest(&repo, &tag(t)).unwrap();
+            store.write_pending_pulls().unwrap()
+        };
+        assert_eq!(noted_by("synced"), 1, "from the index");
+        assert_eq!(noted_by("synced"), 1, "from memory");
+        noted_by("pushed");
+        assert_eq!(noted_by("pushed"), 0, "a tag pushed here, from memory");
+        let usage = store.manifest_cache_usage();
+        assert_eq!((usage.hits, usage.misses), (2, 2), "{usage:?}");
+        store.set_manifest_cache(0);
+        assert_eq!(noted_by("synced"), 1, "with the cache off");
     }
 }
