@@ -41,8 +41,9 @@ pub const DEFAULT_MIN_FREE: u64 = 256 * 1024 * 1024;
 /// commits paging index nodes in and out; BENCHMARKS.md, "The metadata cache").
 pub const DEFAULT_METADATA_CACHE: u64 = 32 * 1024 * 1024;
 
-/// The manifests served by tag unless `storage.manifestCache` says otherwise: 40,000 to 50,000
-/// small manifests; a registry of a few hundred tags keeps them all in a few hundred KiB.
+/// The manifests served by tag unless `storage.manifestCache` says otherwise: about 60,000 of
+/// the big-registry benchmark's 283-byte manifests (each counts ~270 bytes more), fewer of
+/// bigger ones; a registry of a few hundred tags keeps them all in a few hundred KiB.
 pub const DEFAULT_MANIFEST_CACHE: u64 = 32 * 1024 * 1024;
 
 /// Below this the index would page on every lookup.
