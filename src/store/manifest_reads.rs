@@ -122,6 +122,10 @@ mod tests {
         ))
     }
 
+    fn tag(name: &str) -> Reference {
+        Reference::Tag(name.parse().unwrap())
+    }
+
     /// Every write that moves or removes a tag is seen by the next `GET` of a tag served from
     /// memory: a push moving it, a tag delete, a delete of its manifest by digest, the
     /// repository leaving. (Eviction removes a tag through the tag delete.)
@@ -130,7 +134,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let repo: RepositoryName = "cached/repo".parse().unwrap();
-        let tag = |t: &str| Reference::Tag(t.parse().unwrap());
         let put = |t: &'static str, n: u32| {
             let store = store.clone();
             let repo = repo.clone();
@@ -208,7 +211,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let repo: RepositoryName = "noted/repo".parse().unwrap();
-        let tag = |t: &str| Reference::Tag(t.parse().unwrap());
         store
             .put_mirrored_manifest(&repo, &tag("synced"), OCI_INDEX, index(1))
             .await
