@@ -128,66 +128,6 @@ impl BlobFiles {
             Err(e) => Err(e).context(|| format!("removing blob file {path:?}")),
         }
     }
-
-    /// Streams the blob file in `IO_CHUNK` pieces from `start` for `len` bytes.
-    pub fn read_stream(
-        &self,
-        digest: &Digest,
-        start: u64,
-        len: u64,
-    ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
-        use std::io::Seek;
-        let path = self.path(digest);
-        let mut file = File::open(&path).context(|| format!("opening {path:?}"))?;
-        file.seek(io::SeekFrom::Start(start))
-            .context(|| format!("seeking in {path:?}"))?;
-        let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
-        tokio::task::spawn_blocking(move || {
-            let mut remaining = len;
-            while remaining > 0 {
-                let want = remaining.min(IO_CHUNK as u64) as usize;
-                let mut buf = BytesMut::with_capacity(want);
-                let chunk = match read_spare(&file, &mut buf, want) {
-                    Ok(0) => Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("blob file {path:?} is shorter than recorded"),
-                    )),
-                    Ok(n) => {
-                        remaining -= n as u64;
-                        Ok(buf.freeze())
-                    }
-                    Err(e) => Err(e),
-                };
-                let failed = chunk.is_err();
-                if tx.blocking_send(chunk).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
-    }
-}
-
-/// Read up to `want` bytes into the spare capacity of `buf` without zeroing it first.
-fn read_spare(file: &File, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    let want = want.min(spare.len());
-    let target = spare.as_mut_ptr();
-    loop {
-        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which `buf`
-        // owns; only the bytes it reports written become part of `buf`.
-        let n = unsafe { libc::read(file.as_raw_fd(), target.cast(), want) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: `n` bytes past the length were just initialised by `read`.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 pub fn sync_dir(dir: &Path) -> Result<()> {

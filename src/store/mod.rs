@@ -10,6 +10,7 @@
 //! repository's lock ([`locks`]) or the session's lock across the read and its transaction.
 
 mod aliases;
+mod blob_reads;
 pub mod blobs;
 pub mod changes;
 pub mod children;
