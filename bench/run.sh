@@ -70,6 +70,17 @@ if [[ -z ${SKIP_BUILD:-} ]]; then
 fi
 [[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --release) or set OURS_BIN"
 
+# record_rss_split WHEN: our RSS in its two parts, memory of our own (RssAnon) and the pages of
+# the binary and its libraries that are mapped in (RssFile: shared with the page cache, dropped
+# under memory pressure, and growing with the binary's size more than with the work).
+record_rss_split() {
+    local kind
+    for kind in Anon File; do
+        record "$1_rss_${kind,,}_mib_ours" \
+            "$(awk -v k="$(rss_kib "$OURS_PID" "Rss$kind")" 'BEGIN {printf "%.1f", k/1024}')"
+    done
+}
+
 # ---- temp dir, servers, cleanup ----------------------------------------------------------------
 WORK=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}" registry-bench.XXXXXX)
 OURS_PID=""
@@ -205,6 +216,7 @@ for who in ours dist; do
     pid_var=${who^^}_PID
     record "idle_rss_mib_$who" "$(awk -v k="$(rss_kib "${!pid_var}" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
 done
+record_rss_split idle
 
 # ---- 1. manifest GET by tag ----------------------------------------------------------------------
 for who in ours dist; do
@@ -339,6 +351,7 @@ for who in ours dist; do
     pid_var=${who^^}_PID
     record "idle_after_rss_mib_$who" "$(awk -v k="$(rss_kib "${!pid_var}" VmRSS)" 'BEGIN {printf "%.1f", k/1024}')"
 done
+record_rss_split idle_after
 
 # ---- 1b. manifest PUT: a new small manifest per request, 1, 8 and 32 clients --------------------
 # Each answer is durable before its 201 (ours: the metadata flush, shared by the writers waiting
@@ -434,6 +447,10 @@ for label, key, unit, target, check in rows:
     f = ".3f" if unit == "s" else ".1f"
     print(f"{label:<{w}}  {unit:<5} {o:>10{f}} {d:>13{f}} {q:>9.2f}x  {target:<15} {met}")
     data[key] = {"ours": o, "distribution": d, "ratio": q, "unit": unit, "target": target, "met": met}
+for key, label in (("idle", "idle after start + seeding"), ("idle_after", "5 s after the last pull")):
+    if f"{key}_rss_anon_mib_ours" in r:
+        print(f"RSS {label}, ours: {r[f'{key}_rss_anon_mib_ours']:.1f} MiB of its own (RssAnon) + "
+              f"{r[f'{key}_rss_file_mib_ours']:.1f} MiB of mapped binary and library pages (RssFile)")
 one = r.get("put1_rps_ours")
 for n in put_clients:
     if n != "1" and one:
