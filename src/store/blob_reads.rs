@@ -1,14 +1,17 @@
 //! Serving a blob's bytes from its file.
 //!
 //! Large pieces are handed to the network as read-only mappings of the file's page-cache pages
-//! instead of copies: a `read` would copy every byte once into a buffer of ours before the socket
-//! copies it again, and with eight clients pulling, those copies were a third of the node's CPU
+//! instead of copies: a `read` copies every byte into a buffer of ours before the socket copies
+//! it again, and with eight clients pulling that first copy was a quarter of the node's CPU
 //! (BENCHMARKS.md, "Blob pulls from the page cache"). A mapping is faulted in whole
-//! (`MADV_POPULATE_READ`) before it is handed on, so a disk error is an error of this stream, as
-//! with `read`, and not a `SIGBUS` later. Blob files are never written or truncated once renamed
-//! into place (garbage collection unlinks them, which leaves a mapping valid), which is what
-//! makes a mapping safe to hold. Small pieces, the tail of a file shorter than recorded, and
-//! kernels without `MADV_POPULATE_READ` (before Linux 5.14) are read into a buffer.
+//! (`MADV_POPULATE_READ`) before it is handed on, so a disk error shows there, where it becomes a
+//! `read` of the piece and that read's error, and not a `SIGBUS` later. (A page the kernel takes
+//! back in the milliseconds before the socket copies it is read again on access; only a disk
+//! failing in exactly that window would still raise the signal.) Blob files are never written
+//! or truncated once renamed into place (garbage collection unlinks them, which leaves a mapping
+//! valid), which is what makes a mapping safe to hold. Small pieces, the tail of a file shorter
+//! than recorded, and whatever cannot be mapped and populated (kernels before Linux 5.14, file
+//! systems without mappings, the process's mapping limit) are read into a buffer.
 
 use std::fs::File;
 use std::io;
@@ -78,7 +81,7 @@ struct Pieces {
     file: File,
     /// The length when the stream began: only bytes below it are ever mapped.
     file_len: u64,
-    /// Cleared for the rest of the stream once the kernel turns a populate away as unknown.
+    /// Cleared for the rest of the stream once a piece could not be mapped.
     map: bool,
 }
 
@@ -87,29 +90,24 @@ impl Pieces {
     fn next(&mut self, offset: u64, want: usize) -> io::Result<Bytes> {
         if self.map && want >= MAP_AT_LEAST && offset + want as u64 <= self.file_len {
             match self.mapped(offset, want) {
-                Ok(Some(chunk)) => return Ok(chunk),
-                Ok(None) => self.map = false,
-                Err(e) => return Err(e),
+                Ok(chunk) => return Ok(chunk),
+                // A disk error comes back from the read below, as it would have without mapping.
+                Err(_) => self.map = false,
             }
         }
         let mut buf = BytesMut::with_capacity(want);
-        let n = read_spare_at(&self.file, &mut buf, want, offset)?;
-        buf.truncate(n);
+        read_spare_at(&self.file, &mut buf, want, offset)?;
         Ok(buf.freeze())
     }
 
-    /// A read-only mapping of `len` bytes at `offset`, every page faulted in. `None` when this
-    /// kernel cannot populate a mapping without the risk of a `SIGBUS` (the caller reads).
-    fn mapped(&self, offset: u64, len: usize) -> io::Result<Option<Bytes>> {
+    /// A read-only mapping of `len` bytes at `offset`, every page faulted in.
+    fn mapped(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         // SAFETY: the mapping is read-only and the file is a blob file, which nothing writes or
         // truncates once it is in place (see the module doc); the range lies within the length
         // the file had when the stream began.
         let map: Mmap = unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file)? };
-        match map.advise(Advice::PopulateRead) {
-            Ok(()) => Ok(Some(Bytes::from_owner(map))),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
-            Err(e) => Err(e),
-        }
+        map.advise(Advice::PopulateRead)?;
+        Ok(Bytes::from_owner(map))
     }
 }
 
@@ -194,7 +192,12 @@ mod tests {
                 "range {start}+{take}"
             );
             let mapped = got.iter().filter(|p| p.len() >= MAP_AT_LEAST).count();
-            assert_eq!(mappings_of(&path), mapped, "range {start}+{take}");
+            assert_eq!(
+                mappings_of(&path),
+                mapped,
+                "range {start}+{take}: pieces of {MAP_AT_LEAST} bytes and more are mappings \
+                 (on Linux 5.14 and later)"
+            );
             drop(got);
             assert_eq!(mappings_of(&path), 0, "range {start}+{take}");
         }

@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::upload_hash::UploadHash;
 use crate::oci::error::IoContext;
 use crate::oci::{Digest, Error, ErrorCode, Hasher, Result};
 
@@ -146,8 +147,9 @@ pub struct Appended {
     pub body_error: Option<io::Error>,
 }
 
-/// Streams `body` to the end of `file` on a blocking thread, hashing as it goes, while the
-/// network side keeps receiving. Memory is bounded by `PIPELINE_DEPTH * IO_CHUNK`.
+/// Streams `body` to the end of `file` on a blocking thread, hashing as it goes (beside it, once
+/// the upload is large: `upload_hash.rs`), while the network side keeps receiving. Memory is
+/// bounded by a few pipeline depths of chunks.
 pub async fn append_stream<S>(
     file: File,
     hasher: Option<Hasher>,
@@ -160,15 +162,13 @@ where
     let (tx, mut rx) = mpsc::channel::<Bytes>(PIPELINE_DEPTH);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<(File, Option<Hasher>, u64)> {
         let mut file = file;
-        let mut hasher = hasher;
+        let mut hash = UploadHash::new(hasher);
         let mut written = 0u64;
         let mut unflushed_from = file_offset;
         // The window whose writeback was started last.
         let mut in_writeback: Option<(u64, u64)> = None;
         while let Some(chunk) = rx.blocking_recv() {
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
-            }
+            hash.update(&chunk);
             file.write_all(&chunk)?;
             written += chunk.len() as u64;
             let end = file_offset + written;
@@ -181,7 +181,7 @@ where
                 unflushed_from = end;
             }
         }
-        Ok((file, hasher, written))
+        Ok((file, hash.finish(), written))
     });
 
     let mut pending = BytesMut::new();

@@ -30,6 +30,7 @@ mod mirror;
 pub mod outbox;
 mod pulls;
 pub mod sweep;
+mod upload_hash;
 mod uploads;
 pub mod usage;
 
