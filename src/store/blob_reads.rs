@@ -150,9 +150,9 @@ mod tests {
         let mut hasher = Algorithm::Sha256.hasher();
         hasher.update(&bytes);
         let digest = hasher.finish();
-        let path = files.path(&digest);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &bytes).unwrap();
+        let (mut temp, temp_path) = files.new_temp().unwrap();
+        std::io::Write::write_all(&mut temp, &bytes).unwrap();
+        assert!(files.commit(&temp_path, &digest).unwrap());
         (dir, files, digest, bytes)
     }
 

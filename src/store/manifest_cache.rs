@@ -4,9 +4,10 @@
 //! In a big registry (100,000 tags, an index far larger than sled's cache) each is a page read
 //! and a decode, and even with the whole index cached the lookups (and the pull notes they
 //! lead to) cost more than the rest of the request: a random `GET` over 100,000 tags cost the
-//! node 23.5 µs of CPU against 10.9 µs for a registry of one tag (BENCHMARKS.md, "Manifests by tag from memory"). This cache maps a
-//! tag to what the `GET` answers (digest, media type, bytes), least recently used out first,
-//! within `storage.manifestCache` bytes (applied live; 0 turns it off).
+//! node 23.5 µs of CPU against 10.9 µs for a registry of one tag (BENCHMARKS.md, "Manifests by
+//! tag from memory"). This cache maps a tag to what the `GET` answers (digest, media type,
+//! bytes), least recently used out first, within `storage.manifestCache` bytes (applied live;
+//! 0 turns it off).
 //!
 //! Only manifests whose bytes name their media type are kept: their record never changes, so
 //! an entry stays true for as long as its tag names the same manifest. Every write that moves

@@ -98,7 +98,10 @@ fn apart(hasher: Hasher) -> UploadHash {
     match thread {
         Ok(thread) => UploadHash::Apart { chunks, thread },
         Err(e) => {
-            tracing::warn!(error = %e, "no thread to hash an upload on: it is hashed from disk when it completes");
+            tracing::warn!(
+                error = %e,
+                "no thread to hash an upload on: it is hashed from disk when it completes"
+            );
             UploadHash::Lost
         }
     }
