@@ -36,6 +36,12 @@
 # Knobs (env): BLOB_MIB=256 RUNS=3 PARALLEL=8 WRK_CONNS=64 WRK_THREADS=2 WRK_DURATION=10s
 #              BENCH_TMPDIR=<dir for data + blobs; default $TMPDIR or /tmp; must not be tmpfs
 #              if the fsync cost is to be real>
+#              PULL_FROM=<an address of this machine off loopback, e.g. the Docker bridge's>: the
+#              pull clients of 2. bind to it (curl --interface), so both servers see a peer on
+#              the network, as a LAN client is, rather than on loopback (ours then sends large
+#              blob pieces with sendfile, as distribution always does; the packets still go
+#              through the loopback device, and through the firewall rules that apply to
+#              non-loopback addresses)
 #
 # distribution is configured for its best case: in-memory blob descriptor cache, access log off
 # and log level error (connected-registry logs nothing per request at its default level either).
@@ -150,6 +156,7 @@ echo "data dir fs: $fs_type ($(df -P "$WORK" | awk 'NR==2 {print $1}'), $WORK)"
 echo "ours:        $("$OURS_BIN" --version) (git $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ', dirty'))"
 echo "peer:        $(docker-registry --version 2>/dev/null | head -1)"
 echo "clients:     $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(curl --version | head -1 | awk '{print $1, $2}')"
+echo "pull clients: ${PULL_FROM:-on loopback}"
 [[ $fs_type == tmpfs ]] && log "warning: $WORK is on tmpfs; fsync costs nothing there"
 echo
 
@@ -289,7 +296,7 @@ pull_parallel() {
     local base=$1 n=$2 t0 t1 i pids=()
     t0=$(now_ns)
     for i in $(seq "$n"); do
-        curl -sS -o /dev/null -w '%{http_code} %{size_download}\n' \
+        curl -sS -o /dev/null -w '%{http_code} %{size_download}\n' ${PULL_FROM:+--interface "$PULL_FROM"} \
             "$base/v2/bench/big/blobs/$PULL_DIGEST" >"$WORK/pull.$i" &
         pids+=($!)
     done

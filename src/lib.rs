@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod oci;
 pub mod server;
+pub mod socket;
 pub mod status;
 pub mod store;
 pub mod sync;

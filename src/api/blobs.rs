@@ -7,7 +7,7 @@ use hyper::{Request, StatusCode};
 use super::header;
 use super::response::{Reply, DOCKER_CONTENT_DIGEST};
 use crate::oci::{Digest, Error, ErrorCode, RepositoryName, Result};
-use crate::store::{blob_unknown, Store};
+use crate::store::{blob_unknown, Delivery, Store};
 
 const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -45,7 +45,14 @@ pub fn get(
             .header(hyper::header::CONTENT_TYPE, OCTET_STREAM)
             .header(hyper::header::CONTENT_LENGTH, len.to_string()));
     }
-    let stream = store.read_blob(&digest, start, len)?;
+    // The server marks connections whose socket sends blob pieces from their files.
+    let delivery = req.extensions().get::<Delivery>().copied();
+    let stream = store.read_blob(
+        &digest,
+        start,
+        len,
+        delivery.unwrap_or(Delivery::FromMemory),
+    )?;
     Ok(reply.stream(OCTET_STREAM, len, stream))
 }
 

@@ -34,6 +34,7 @@ use super::response::Reply;
 use super::{Api, ConnectionSlot};
 use crate::auth::Identity;
 use crate::oci::{Error, Result};
+use crate::socket::FileSendingSocket;
 use crate::store::{ChangeEvent, Store};
 
 /// The `Upgrade` token a child asks for and the parent answers with.
@@ -164,10 +165,10 @@ impl Follower {
         };
         // Bytes a child sent after its request are not part of this protocol: dropped, and
         // with them hyper's read buffer (8 KiB) before the stream starts to wait.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<FileSendingSocket>>() {
             Ok(parts) => {
                 drop(parts.read_buf);
-                self.follow(parts.io.into_inner(), first).await
+                self.follow(parts.io.into_inner().into_inner(), first).await
             }
             Err(upgraded) => {
                 type Tls = TokioIo<tokio_rustls::server::TlsStream<TcpStream>>;

@@ -29,6 +29,8 @@ use crate::api::response::error_response;
 use crate::api::{route_label, Api};
 use crate::config::Limits;
 use crate::oci::{Error, ErrorCode};
+use crate::socket::FileSendingSocket;
+use crate::store::Delivery;
 use admission::{Admission, RateLimited};
 use idle::Activity;
 pub use tls::{acceptor as tls_acceptor_for, certified_key, tls_acceptor, RenewableCert};
@@ -118,7 +120,9 @@ pub async fn serve(
                 };
                 match protocol {
                     Some(protocol) => {
-                        serve_connection(stream, peer, shared, permit, protocol).await
+                        let socket = FileSendingSocket::new(stream, sends_from_files(peer));
+                        let delivery = socket.delivery();
+                        serve_connection(socket, peer, shared, permit, protocol, delivery).await
                     }
                     None => tracing::debug!(%peer, "closing a connection that sent nothing"),
                 }
@@ -130,7 +134,8 @@ pub async fn serve(
                     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let protocol = protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                            serve_connection(stream, peer, shared, permit, protocol).await
+                            let delivery = Delivery::FromMemory;
+                            serve_connection(stream, peer, shared, permit, protocol, delivery).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -151,6 +156,14 @@ pub async fn serve(
         conns.shutdown().await;
     }
     Ok(())
+}
+
+/// Whether a plain connection from `peer` sends blob pieces from their files. Not for a peer on
+/// this machine's loopback: it reads what is sent from the same memory, and a page sent from the
+/// file reaches it colder than one the node copied into the socket, which costs the machine more
+/// than the copy saves (BENCHMARKS.md, "Pulls sent from the file").
+fn sends_from_files(peer: SocketAddr) -> bool {
+    !peer.ip().to_canonical().is_loopback()
 }
 
 /// The HTTP/1 settings, from hyper's own timers and limits.
@@ -177,13 +190,15 @@ fn http2_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serve one connection until it ends, goes idle, the server stops or a change-feed stream
-/// takes it over; `permit` is its place under the connection cap, released when it closes.
+/// takes it over; `permit` is its place under the connection cap, released when it closes;
+/// `delivery` says whether `io` sends blob pieces from their files.
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
     protocol: protocol::Protocol,
+    delivery: Delivery,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -197,6 +212,7 @@ async fn serve_connection<I>(
         service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(crate::api::ClientAddr(peer));
             req.extensions_mut().insert(slot.clone());
+            req.extensions_mut().insert(delivery);
             let api = api.clone();
             let activity = activity.clone();
             async move {

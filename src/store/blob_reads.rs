@@ -12,10 +12,15 @@
 //! valid), which is what makes a mapping safe to hold. Small pieces, the tail of a file shorter
 //! than recorded, and whatever cannot be mapped and populated (kernels before Linux 5.14, file
 //! systems without mappings, the process's mapping limit) are read into a buffer.
+//!
+//! Every mapped piece is registered (`file_pieces`): a plain socket to a peer off loopback sends
+//! it from the file with `sendfile` (`Delivery::FromFile`), and then it is not faulted in at all,
+//! since nothing reads it. (Were something to read it after all, its pages fault in on access.)
 
 use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -23,6 +28,7 @@ use memmap2::{Advice, Mmap, MmapOptions};
 use tokio::sync::mpsc;
 
 use super::blobs::{BlobFiles, IO_CHUNK};
+use super::file_pieces::FilePiece;
 use crate::oci::error::IoContext;
 use crate::oci::{Digest, Result};
 
@@ -31,12 +37,13 @@ use crate::oci::{Digest, Result};
 const MAP_AT_LEAST: usize = 256 * 1024;
 
 impl BlobFiles {
-    /// Streams the blob file in `IO_CHUNK` pieces from `start` for `len` bytes.
+    /// Streams the blob file in `IO_CHUNK` pieces from `start` for `len` bytes, for `delivery`.
     pub fn read_stream(
         &self,
         digest: &Digest,
         start: u64,
         len: u64,
+        delivery: Delivery,
     ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
         let path = self.path(digest);
         let file = File::open(&path).context(|| format!("opening {path:?}"))?;
@@ -47,9 +54,10 @@ impl BlobFiles {
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(2);
         tokio::task::spawn_blocking(move || {
             let mut pieces = Pieces {
-                file,
+                file: Arc::new(file),
                 file_len,
                 map: true,
+                delivery,
             };
             let end = start + len;
             let mut offset = start;
@@ -76,13 +84,25 @@ impl BlobFiles {
     }
 }
 
+/// Where a blob stream's pieces go, which decides whether a mapped piece is faulted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// To a socket that sends mapped pieces from their file (`file_pieces`): nothing reads the
+    /// mapping, so its pages are not faulted in.
+    FromFile,
+    /// Copied from memory (TLS, HTTP/2, anything else): a mapped piece is faulted in before it
+    /// is handed on.
+    FromMemory,
+}
+
 /// One open blob file, handing out its bytes piece by piece.
 struct Pieces {
-    file: File,
+    file: Arc<File>,
     /// The length when the stream began: only bytes below it are ever mapped.
     file_len: u64,
     /// Cleared for the rest of the stream once a piece could not be mapped.
     map: bool,
+    delivery: Delivery,
 }
 
 impl Pieces {
@@ -100,14 +120,26 @@ impl Pieces {
         Ok(buf.freeze())
     }
 
-    /// A read-only mapping of `len` bytes at `offset`, every page faulted in.
+    /// A read-only mapping of `len` bytes at `offset`, registered as a file piece; every page
+    /// faulted in unless the piece is sent from the file.
     fn mapped(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         // SAFETY: the mapping is read-only and the file is a blob file, which nothing writes or
         // truncates once it is in place (see the module doc); the range lies within the length
         // the file had when the stream began.
-        let map: Mmap = unsafe { MmapOptions::new().offset(offset).len(len).map(&self.file)? };
-        map.advise(Advice::PopulateRead)?;
-        Ok(Bytes::from_owner(map))
+        let map: Mmap = unsafe {
+            MmapOptions::new()
+                .offset(offset)
+                .len(len)
+                .map(&*self.file)?
+        };
+        if self.delivery == Delivery::FromMemory {
+            map.advise(Advice::PopulateRead)?;
+        }
+        Ok(Bytes::from_owner(FilePiece::new(
+            map,
+            self.file.clone(),
+            offset,
+        )))
     }
 }
 
@@ -164,7 +196,9 @@ mod tests {
     }
 
     async fn pieces(files: &BlobFiles, digest: &Digest, start: u64, len: u64) -> Vec<Bytes> {
-        let stream = files.read_stream(digest, start, len).unwrap();
+        let stream = files
+            .read_stream(digest, start, len, Delivery::FromMemory)
+            .unwrap();
         stream.map(|piece| piece.unwrap()).collect().await
     }
 
@@ -209,7 +243,9 @@ mod tests {
     async fn a_file_shorter_than_recorded_ends_with_an_error() {
         let len = IO_CHUNK + IO_CHUNK / 2;
         let (_dir, files, digest, bytes) = blob_file(len);
-        let stream = files.read_stream(&digest, 0, 3 * IO_CHUNK as u64).unwrap();
+        let stream = files
+            .read_stream(&digest, 0, 3 * IO_CHUNK as u64, Delivery::FromMemory)
+            .unwrap();
         let got: Vec<io::Result<Bytes>> = stream.collect().await;
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap()[..], bytes[..IO_CHUNK]);
@@ -225,7 +261,8 @@ mod tests {
     async fn a_blob_removed_while_it_streams_is_still_served_whole() {
         let len = 4 * IO_CHUNK;
         let (_dir, files, digest, bytes) = blob_file(len);
-        let mut stream = Box::pin(files.read_stream(&digest, 0, len as u64).unwrap());
+        let stream = files.read_stream(&digest, 0, len as u64, Delivery::FromMemory);
+        let mut stream = Box::pin(stream.unwrap());
         let mut got = stream.next().await.unwrap().unwrap().to_vec();
         assert_eq!(files.remove(&digest).unwrap(), len as u64);
         while let Some(piece) = stream.next().await {

@@ -17,6 +17,7 @@ pub mod children;
 mod counters;
 mod deletes;
 mod evict;
+pub mod file_pieces;
 pub mod format;
 pub mod gc;
 mod group_flush;
@@ -49,6 +50,7 @@ use crate::oci::{
     Algorithm, Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName,
     Result,
 };
+pub use blob_reads::Delivery;
 pub use blobs::BlobFiles;
 use locks::{RepoGuard, RepoLocks};
 pub use manifest_cache::ManifestCacheUsage;
@@ -281,8 +283,9 @@ impl Store {
         digest: &Digest,
         start: u64,
         len: u64,
+        delivery: Delivery,
     ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
-        self.files.read_stream(digest, start, len)
+        self.files.read_stream(digest, start, len, delivery)
     }
 
     /// Unlink `digest` from `repo`. The file stays until garbage collection.

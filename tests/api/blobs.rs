@@ -382,3 +382,71 @@ fn upload_session_survives_restart() {
         .unwrap();
     assert_eq!(got.as_ref(), &data[..]);
 }
+
+/// An address of this machine that is not on loopback (the Docker engine's bridge at least).
+fn non_loopback_address() -> std::net::IpAddr {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .expect("ip (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .filter_map(|w| w.split('/').next()?.parse::<std::net::IpAddr>().ok())
+        .find(|ip| !ip.is_loopback())
+        .unwrap_or_else(|| panic!("this machine has no address off loopback: {text}"))
+}
+
+/// A peer that is not on this machine's loopback gets large blob pieces sent from the file
+/// (`sendfile`), whole, by ranges that start and end off the page and piece boundaries, and four
+/// at once; a loopback peer gets them written from memory, with the same bytes.
+#[test]
+fn a_peer_off_loopback_gets_blob_pieces_sent_from_the_file() {
+    const MIB: usize = 1024 * 1024;
+    let reg = Registry::start();
+    let data: Vec<u8> = (0..5 * MIB + 4321).map(|i| (i * 13 % 251) as u8).collect();
+    let digest = push_blob(&client(), &reg, "a/b", &data);
+    let url = reg.url(&format!("/v2/a/b/blobs/{digest}"));
+    let get = |c: &Client, range: Option<(usize, usize)>| {
+        let mut req = c.get(&url);
+        if let Some((first, last)) = range {
+            req = req.header("Range", format!("bytes={first}-{last}"));
+        }
+        let r = req.send().unwrap();
+        let want = match range {
+            None => (200, &data[..]),
+            Some((first, last)) => (206, &data[first..=last]),
+        };
+        assert_eq!(r.status(), want.0);
+        let got = r.bytes().unwrap();
+        assert_eq!(got.len(), want.1.len(), "{range:?}");
+        assert!(got.as_ref() == want.1, "{range:?}: the bytes differ");
+    };
+    let sent_from_file = "sending blob pieces from their files";
+
+    get(&client(), None);
+    assert!(
+        !reg.log_text().contains(sent_from_file),
+        "a loopback peer's pull is written from memory"
+    );
+
+    let address = non_loopback_address();
+    let off_loopback = Client::builder().local_address(address).build().unwrap();
+    get(&off_loopback, None);
+    for range in [
+        (1, 2 * MIB + 4097),
+        (MIB - 3, 4 * MIB + 11),
+        (4096, data.len() - 1),
+    ] {
+        get(&off_loopback, Some(range));
+    }
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| get(&off_loopback, None));
+        }
+    });
+    assert!(
+        reg.log_text().contains(sent_from_file),
+        "a pull from {address} is sent from the file"
+    );
+}
