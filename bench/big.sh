@@ -2,7 +2,7 @@
 # bench/big.sh — a big registry: many repositories, tags and manifests in one node (issue 11, part 3)
 #
 # HOW TO RUN (results: BENCHMARKS.md, "A big registry")
-#   ./bench/big.sh                          # cargo build --release (binary + big-registry), then measure
+#   ./bench/big.sh                          # cargo build --profile ship (binary + big-registry), then measure
 #   SKIP_BUILD=1 BIG_REPOS="10000" ./bench/big.sh
 #   METADATA_CACHE=64MiB ./bench/big.sh     # the nodes' storage.metadataCache (default: the node's)
 #   MANIFEST_CACHE=128MiB ./bench/big.sh    # the nodes' storage.manifestCache (default: the node's)
@@ -14,9 +14,11 @@
 #   1. a fresh node is seeded over its API by bench/big_registry.rs (`seed`, 8 connections);
 #   2. it is stopped (SIGTERM) and started again: the time until /v2/ answers, and the RSS then;
 #   3. `measure`: every `_catalog` page (n=100, `last`), the `tags/list` of 200 repositories
-#      (every page checked complete and ordered), then random manifest GETs by tag on 8
-#      connections: 10 s right after the start (the cold rate), then 10 s more (the rate); the
-#      same GETs against a node holding one tag give the small-registry rate;
+#      (every page checked complete and ordered), then manifest GETs by tag on 8 connections:
+#      every tag once, in a scattered order, right after the start (the cold rate: every GET is
+#      a tag's first since the start), then 10 s of random tags (the rate); the same GETs
+#      against a node holding one tag, measured again right after each size's (the VM's speed
+#      drifts over minutes), give the small-registry rate that size is compared with;
 #   4. the size of the metadata directory per tag and per manifest;
 #   5. a child selecting 1 % of the repositories (every 100th, by exact name) runs
 #      `sync --once` twice: the first pass fetches, the second finds nothing new. For the largest
@@ -31,15 +33,15 @@ TAGS=${TAGS:-10}
 UNTAGGED=${UNTAGGED:-10}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-OURS_BIN=${OURS_BIN:-$TARGET/release/connected-registry}
-TOOL=${TOOL:-$TARGET/release/examples/big-registry}
+OURS_BIN=${OURS_BIN:-$TARGET/ship/connected-registry}
+TOOL=${TOOL:-$TARGET/ship/examples/big-registry}
 
 BENCH_NAME=big
 # shellcheck source=bench/lib.sh
 source "$REPO_ROOT/bench/lib.sh"
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    (cd "$REPO_ROOT" && cargo build --release --bin connected-registry --example big-registry) >&2
+    (cd "$REPO_ROOT" && cargo build --profile ship --bin connected-registry --example big-registry) >&2
 fi
 [[ -x $OURS_BIN && -x $TOOL ]] || die "missing $OURS_BIN or $TOOL"
 require_tools "docker-registry, curl: apt-get install -y docker-registry curl" docker-registry curl python3
@@ -85,13 +87,17 @@ child_sync() {
     done
 }
 
-# The small-registry manifest GET rate: one repository, one tag.
-port=$(free_port)
-start_node "$WORK/small" "$port"
-"$TOOL" --addr "127.0.0.1:$port" --repos 1 --tags 1 --untagged 0 seed >/dev/null
-"$TOOL" --addr "127.0.0.1:$port" --repos 1 --tags 1 --untagged 0 measure --tag-samples 1 >"$WORK/small.json"
-record small_get_rps "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifestGetsPerSecond"])' "$WORK/small.json")"
-stop_pid "$NODE_PID"
+# The small-registry manifest GET rate: one repository, one tag; its node stays up, and is
+# measured again right after each size's GETs.
+small_port=$(free_port)
+start_node "$WORK/small" "$small_port"
+SMALL_PID=$NODE_PID
+"$TOOL" --addr "127.0.0.1:$small_port" --repos 1 --tags 1 --untagged 0 seed >/dev/null
+small_rate() { # KEY: measure the small registry, record its GET rate under KEY
+    "$TOOL" --addr "127.0.0.1:$small_port" --repos 1 --tags 1 --untagged 0 measure --tag-samples 1 >"$WORK/small.json"
+    record "$1" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifestGetsPerSecond"])' "$WORK/small.json")"
+}
+small_rate small_get_rps
 
 for r in $BIG_REPOS; do
     data=$WORK/data-$r
@@ -111,6 +117,7 @@ for r in $BIG_REPOS; do
     "$TOOL" --addr "127.0.0.1:$port" --repos "$r" --tags "$TAGS" --untagged "$UNTAGGED" measure >"$WORK/measure-$r.json"
     record "measure_$r" "$(cat "$WORK/measure-$r.json")"
     record "after_rss_kib_$r" "$(rss_kib "$NODE_PID")"
+    small_rate "small_get_rps_$r"
     child_sync "ours_child_$r" "http://127.0.0.1:$port" "$r"
     stop_pid "$NODE_PID"
 done
@@ -136,6 +143,7 @@ wait_ready distribution "http://127.0.0.1:$dport" "$DIST_PID" "$WORK/dist/log"
     seed --stride 100 >"$WORK/dist-seed.json"
 child_sync "dist_child_$largest" "http://127.0.0.1:$dport" "$largest"
 stop_pid "$DIST_PID"
+stop_pid "$SMALL_PID"
 
 python3 - "$RESULTS" "$BIG_REPOS" "$TAGS" "$UNTAGGED" "${BENCH_OUT:-}" <<'PY'
 import json, sys
@@ -152,7 +160,7 @@ repos, tags, untagged = [int(x) for x in repos.split()], int(tags), int(untagged
 small = float(r["small_get_rps"])
 print("=== a big registry ===")
 hdr = (f"{'repos':>6} {'tags':>7} {'manifests':>9} {'seed/s':>7} {'start s':>7} {'start RSS':>9}"
-       f" {'catalog p50/p99 ms':>19} {'tags p50/p99 ms':>16} {'cold GET/s':>10} {'GET/s':>7} {'vs small':>8}"
+       f" {'catalog p50/p99 ms':>19} {'tags p50/p99 ms':>16} {'cold GET/s':>10} {'GET/s':>7} {'small':>7} {'vs small':>8}"
        f" {'meta B/tag':>10} {'1% sync 1st/2nd s':>18}")
 print(hdr)
 print("-" * len(hdr))
@@ -164,12 +172,14 @@ for n in repos:
           f" {m['catalogPageMs']['p50']:>8.2f} / {m['catalogPageMs']['p99']:>6.2f}"
           f" {m['tagsListPageMs']['p50']:>6.2f} / {m['tagsListPageMs']['p99']:>6.2f}"
           f" {m['manifestGetsPerSecondCold']:>10.0f}"
-          f" {m['manifestGetsPerSecond']:>7.0f} {m['manifestGetsPerSecond']/small:>7.2f}x"
+          f" {m['manifestGetsPerSecond']:>7.0f} {float(r[f'small_get_rps_{n}']):>7.0f}"
+          f" {m['manifestGetsPerSecond']/float(r[f'small_get_rps_{n}']):>7.2f}x"
           f" {meta/(n*tags):>10.0f}"
           f" {float(r[f'ours_child_{n}_first_s']):>8.2f} / {float(r[f'ours_child_{n}_second_s']):>6.2f}")
 big = max(repos)
 print()
-print(f"small registry (1 repository, 1 tag): {small:.0f} manifest GET/s on 8 connections")
+print(f"small registry (1 repository, 1 tag): {small:.0f} manifest GET/s on 8 connections at the"
+      " start; 'small' is the same measured right after each size's GETs, which 'vs small' compares with")
 print(f"child selecting 1% of {big} repositories, first / second pass:"
       f" from ours {float(r[f'ours_child_{big}_first_s']):.2f} / {float(r[f'ours_child_{big}_second_s']):.2f} s,"
       f" from distribution {float(r[f'dist_child_{big}_first_s']):.2f} / {float(r[f'dist_child_{big}_second_s']):.2f} s")

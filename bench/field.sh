@@ -17,4 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export FIELD_BIG_MIB=${FIELD_BIG_MIB:-500}
 cargo build --release --bins --test integration
+# Every node is a container of the module's image, built from the shipped build.
+cargo build --profile ship --bin connected-registry
+export CR_IMAGE_BINARY=$PWD/target/ship/connected-registry
 cargo test --release --test integration scenarios:: -- --nocapture

@@ -17,7 +17,7 @@ require_tools() {
     if [[ -z ${SKIP_BUILD:-} ]] && ! command -v cargo >/dev/null 2>&1; then missing+=(cargo); fi
     ((${#missing[@]} == 0)) || die "missing tool(s): ${missing[*]}
   $hint
-  cargo: https://rustup.rs (or set SKIP_BUILD=1 with a built target/release/connected-registry)"
+  cargo: https://rustup.rs (or set SKIP_BUILD=1 with a built target/ship/connected-registry)"
 }
 
 free_port() {

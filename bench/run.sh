@@ -2,8 +2,8 @@
 # bench/run.sh — connected-registry vs. Debian's docker-registry (CNCF distribution 2.8)
 #
 # HOW TO RUN (results and discussion: BENCHMARKS.md at the repo root)
-#   ./bench/run.sh                          # cargo build --release, then ~1 min of measuring
-#   SKIP_BUILD=1 ./bench/run.sh             # use the existing target/release/connected-registry
+#   ./bench/run.sh                          # cargo build --profile ship, then ~1 min of measuring
+#   SKIP_BUILD=1 ./bench/run.sh             # use the existing target/ship/connected-registry
 #   OURS_BIN=/path/to/connected-registry SKIP_BUILD=1 ./bench/run.sh   # benchmark another build
 #   BENCH_OUT=results.json ./bench/run.sh   # also write the raw numbers as JSON
 #   KEEP_TMP=1 ./bench/run.sh               # keep the temp dir (server logs, wrk output)
@@ -59,7 +59,7 @@ WRK_DURATION=${WRK_DURATION:-10s}
 PUT_CLIENTS=${PUT_CLIENTS:-1 8 32}
 PUT_DURATION=${PUT_DURATION:-5s}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/release/connected-registry}
+OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/ship/connected-registry}
 OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
 BENCH_NAME=bench
@@ -71,10 +71,11 @@ require_tools "wrk, docker-registry, curl, jq: apt-get install -y wrk docker-reg
     wrk docker-registry curl python3 jq sha256sum awk
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release"
-    (cd "$REPO_ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    log "cargo build --profile ship"
+    (cd "$REPO_ROOT" && cargo build --profile ship --bin connected-registry --quiet) ||
+        die "cargo build --profile ship failed"
 fi
-[[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --release) or set OURS_BIN"
+[[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --profile ship) or set OURS_BIN"
 
 # record_rss_split WHEN: our RSS in its two parts, memory of our own (RssAnon) and the pages of
 # the binary and its libraries that are mapped in (RssFile: shared with the page cache, dropped

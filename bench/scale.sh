@@ -2,7 +2,7 @@
 # bench/scale.sh — one root, many children following its change feed at once (issue 11, part 2)
 #
 # HOW TO RUN (results: BENCHMARKS.md, "A root with many children")
-#   ./bench/scale.sh                       # cargo build --release (binary + feed-load), then measure
+#   ./bench/scale.sh                       # cargo build --profile ship (binary + feed-load), then measure
 #   SKIP_BUILD=1 ./bench/scale.sh
 #   CHILDREN="1000 10000" RATE=100 ./bench/scale.sh
 #   FEEDS=stream ./bench/scale.sh          # only children on streams (default: "stream poll")
@@ -40,8 +40,8 @@ STATUS=${STATUS:-1}
 FEEDS=${FEEDS:-stream poll}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-OURS_BIN=${OURS_BIN:-$TARGET/release/connected-registry}
-LOAD_BIN=${LOAD_BIN:-$TARGET/release/examples/feed-load}
+OURS_BIN=${OURS_BIN:-$TARGET/ship/connected-registry}
+LOAD_BIN=${LOAD_BIN:-$TARGET/ship/examples/feed-load}
 
 ROOT_CPUS=${ROOT_CPUS:-}
 LOAD_CPUS=${LOAD_CPUS:-}
@@ -55,7 +55,7 @@ BENCH_NAME=scale
 source "$REPO_ROOT/bench/lib.sh"
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    (cd "$REPO_ROOT" && cargo build --release --bin connected-registry --example feed-load) >&2
+    (cd "$REPO_ROOT" && cargo build --profile ship --bin connected-registry --example feed-load) >&2
 fi
 [[ -x $OURS_BIN && -x $LOAD_BIN ]] || die "missing $OURS_BIN or $LOAD_BIN (build, or unset SKIP_BUILD)"
 ulimit -n "$(ulimit -Hn)"

@@ -2,8 +2,8 @@
 # bench/sync.sh — connected-registry sync vs. `skopeo sync`, and requests per idle sync cycle
 #
 # HOW TO RUN (results and discussion: the "Sync" section of BENCHMARKS.md at the repo root)
-#   ./bench/sync.sh                         # cargo build --release, then ~3 min of measuring
-#   SKIP_BUILD=1 ./bench/sync.sh            # use the existing target/release/connected-registry
+#   ./bench/sync.sh                         # cargo build --profile ship, then ~3 min of measuring
+#   SKIP_BUILD=1 ./bench/sync.sh            # use the existing target/ship/connected-registry
 #   OURS_BIN=/path/to/connected-registry SKIP_BUILD=1 ./bench/sync.sh   # benchmark another build
 #   BENCH_OUT=results.json ./bench/sync.sh  # also write the raw numbers as JSON
 #   KEEP_TMP=1 ./bench/sync.sh              # keep the temp dir (server and child logs, layout)
@@ -59,7 +59,7 @@ IDLE_SECS=${IDLE_SECS:-30}
 FEED_IDLE_SECS=${FEED_IDLE_SECS:-60}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$REPO_ROOT/bench
-OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/release/connected-registry}
+OURS_BIN=${OURS_BIN:-$REPO_ROOT/target/ship/connected-registry}
 OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
 
 BENCH_NAME=bench
@@ -71,10 +71,11 @@ require_tools "docker-registry, skopeo, curl, jq, time: apt-get install -y docke
     docker-registry skopeo curl python3 jq sha256sum awk xargs /usr/bin/time
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    log "cargo build --release"
-    (cd "$REPO_ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    log "cargo build --profile ship"
+    (cd "$REPO_ROOT" && cargo build --profile ship --bin connected-registry --quiet) ||
+        die "cargo build --profile ship failed"
 fi
-[[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --release) or set OURS_BIN"
+[[ -x $OURS_BIN ]] || die "$OURS_BIN not found; build it (cargo build --profile ship) or set OURS_BIN"
 
 # ---- temp dir, processes, cleanup --------------------------------------------------------------
 WORK=$(mktemp -d -p "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}" sync-bench.XXXXXX)

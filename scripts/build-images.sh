@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the connected-registry container images (the IoT Edge module's images) FROM scratch:
-#   connected-registry:0.1.0-amd64    the release binary with exactly the libraries ldd lists
+#   connected-registry:0.1.0-amd64    the shipped build (`--profile ship`) with exactly the libraries ldd lists
 #   connected-registry:0.1.0-arm64v8  a static aarch64 binary from scripts/cross-arm64.sh
 # Both run as uid/gid 1000 with /var/acr/data owned by it, listen on 8080.
 #
 # Usage: scripts/build-images.sh [amd64|arm64|all]     (default: all)
-# Env:   AMD64_BINARY=PATH  use this x86_64 binary instead of `cargo build --release --bins`.
+# Env:   AMD64_BINARY=PATH  use this x86_64 binary instead of `cargo build --profile ship`.
 # Stages each build context under modules/connected-registry/staging/<arch>/ (module.json's
 # contextPath is that directory, so `iotedgedev build` works once this has run), builds with the
 # classic builder and prints the image ids and sizes. Idempotent; works on a fresh Debian 12
@@ -85,12 +85,11 @@ build_image() { # arch platform dockerfile tag
 
 build_amd64() {
   # AMD64_BINARY names an already built binary (the tests pass the one under test); otherwise
-  # the same build as the tests' and the lead's (`cargo build --release --bins`), a no-op when
-  # it is up to date.
+  # the shipped build (`cargo build --profile ship`), a no-op when it is up to date.
   local bin="${AMD64_BINARY:-}"
   if [ -z "$bin" ]; then
-    cargo build --release --bins >&2
-    bin=target/release/connected-registry
+    cargo build --profile ship --bin connected-registry >&2
+    bin=target/ship/connected-registry
   fi
   [ -x "$bin" ] || { echo "no executable at $bin" >&2; exit 1; }
   local root

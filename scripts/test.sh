@@ -29,14 +29,19 @@ command -v kubectl >/dev/null || apt-get install -y -qq --no-install-recommends 
 step "fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --release -- -D warnings
-# Build once: the test binaries, the node and the stand-in; then the amd64 and arm64 images the
-# container tests run (the arm64 binary is cross-compiled with Debian's rustc-web).
+# Build once: the test binaries, the node and the stand-in; the shipped build of the node
+# (`--profile ship`, one whole-program optimisation), which the amd64 image and every container
+# test run; then the amd64 and arm64 images (the arm64 binary is cross-compiled with Debian's
+# rustc-web).
 # The cross build keeps its own target directory outside the clone, so CI runs share it.
 step "building the node, the stand-in and the test binary"
 cargo build --release --tests --bins
+step "building the shipped node (--profile ship)"
+cargo build --profile ship --bin connected-registry
+export CR_IMAGE_BINARY=$PWD/target/ship/connected-registry
 export CROSS_TARGET_DIR=${CROSS_TARGET_DIR:-$HOME/.cache/connected-registry/target-cross}
 step "building the amd64 and arm64 images"
-AMD64_BINARY=target/release/connected-registry ./scripts/build-images.sh all
+AMD64_BINARY=$CR_IMAGE_BINARY ./scripts/build-images.sh all
 # The field scenarios (tests/scenarios/) write their table here; CI's log shows it either way.
 rm -f target/scenarios-report.md
 trap 'if [ -f target/scenarios-report.md ]; then cat target/scenarios-report.md; fi' EXIT

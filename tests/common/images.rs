@@ -82,7 +82,7 @@ pub fn image_exists(tag: &str) -> bool {
 }
 
 /// Make sure the image for `arch` exists. The amd64 image is rebuilt every time from the binary
-/// under test (`AMD64_BINARY`; a cheap, cached docker build, no cargo run);
+/// under test (`AMD64_BINARY`: [`image_binary`]; a cheap, cached docker build, no cargo run);
 /// the arm64 image, whose cross build is slow, only when it is missing (rebuild it with
 /// `scripts/build-images.sh arm64`). Panics with the script's output if the build fails.
 /// One build at a time in this process: two tests that found the arm64 image missing together
@@ -99,7 +99,7 @@ pub fn ensure_image(arch: Arch) -> String {
             Command::new("bash")
                 .arg(&script)
                 .arg(arch.script_arg())
-                .env("AMD64_BINARY", super::BIN),
+                .env("AMD64_BINARY", image_binary()),
             Duration::from_secs(3600),
         );
         assert!(
@@ -114,6 +114,21 @@ pub fn ensure_image(arch: Arch) -> String {
         assert!(image_exists(&tag), "{tag} is missing after the build");
     }
     tag
+}
+
+/// The x86_64 binary the amd64 image is built from: `CR_IMAGE_BINARY` when set (`scripts/test.sh`
+/// sets the shipped build, `cargo build --profile ship`), else the binary the other tests run.
+fn image_binary() -> String {
+    match std::env::var("CR_IMAGE_BINARY") {
+        Ok(path) => {
+            assert!(
+                Path::new(&path).is_file(),
+                "CR_IMAGE_BINARY={path} is not a file: build it (cargo build --profile ship)"
+            );
+            path
+        }
+        Err(_) => super::BIN.to_owned(),
+    }
 }
 
 /// Run `cmd` to completion, killing it after `timeout` (then panicking with what it printed).
