@@ -277,7 +277,10 @@ async fn measure(
 async fn every_tag_once(args: &Args) -> anyhow::Result<(u64, f64)> {
     const STRIDE: u64 = 1_000_003;
     let total = (args.repos * args.tags) as u64;
-    anyhow::ensure!(total % STRIDE != 0, "{total} tags: pick another stride");
+    anyhow::ensure!(
+        !total.is_multiple_of(STRIDE),
+        "{total} tags: pick another stride"
+    );
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency as u64 {

@@ -1,5 +1,6 @@
 //! Blobs: `GET`/`HEAD` with ranges, `DELETE`, every upload flow (monolithic, chunked, status,
-//! cancel), `sha512` digests, cross-repository mounts, and an upload session across a restart.
+//! cancel), `sha512` digests, cross-repository mounts, an upload session across a restart, and
+//! pulls by a peer off loopback (large pieces sent from the file with `sendfile`).
 
 use super::*;
 
