@@ -290,20 +290,13 @@ async fn every_tag_once(args: &Args) -> anyhow::Result<(u64, f64)> {
             let mut done = 0u64;
             for n in (w..total).step_by(step as usize) {
                 let i = n * STRIDE % total;
-                let (repo, tag) = ((i / tags) as usize, i % tags);
-                let path = format!("/v2/{}/manifests/v{tag}", repo_name(repo));
-                conn.send_accept(&path, OCI_MANIFEST).await?;
-                let (status, _) = conn.read().await?;
-                anyhow::ensure!(status == 200, "{path}: {status}");
+                get_tagged(&mut conn, (i / tags) as usize, i % tags).await?;
                 done += 1;
             }
             anyhow::Ok(done)
         }));
     }
-    let mut total_done = 0;
-    for w in workers {
-        total_done += w.await??;
-    }
+    let total_done = sum_of(workers).await?;
     anyhow::ensure!(
         total_done == total,
         "{total_done} of {total} tags were pulled"
@@ -329,21 +322,32 @@ async fn manifest_gets(args: &Args, seconds: u64, round: u64) -> anyhow::Result<
                 state ^= state >> 7;
                 state ^= state << 17;
                 let repo = (state % repos as u64) as usize;
-                let tag = ((state >> 32) % tags as u64) as usize;
-                let path = format!("/v2/{}/manifests/v{tag}", repo_name(repo));
-                conn.send_accept(&path, OCI_MANIFEST).await?;
-                let (status, _) = conn.read().await?;
-                anyhow::ensure!(status == 200, "{path}: {status}");
+                get_tagged(&mut conn, repo, (state >> 32) % tags as u64).await?;
                 done += 1;
             }
             anyhow::Ok(done)
         }));
     }
+    let total = sum_of(workers).await?;
+    Ok((total, started.elapsed().as_secs_f64()))
+}
+
+/// GET the manifest tagged `v{tag}` in repository `repo`; anything but a 200 is an error.
+async fn get_tagged(conn: &mut Conn, repo: usize, tag: u64) -> anyhow::Result<()> {
+    let path = format!("/v2/{}/manifests/v{tag}", repo_name(repo));
+    conn.send_accept(&path, OCI_MANIFEST).await?;
+    let (status, _) = conn.read().await?;
+    anyhow::ensure!(status == 200, "{path}: {status}");
+    Ok(())
+}
+
+/// The sum of what the workers counted; the first error if one failed.
+async fn sum_of(workers: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>) -> anyhow::Result<u64> {
     let mut total = 0;
     for w in workers {
         total += w.await??;
     }
-    Ok((total, started.elapsed().as_secs_f64()))
+    Ok(total)
 }
 
 fn percentiles(times: &mut [Duration]) -> Value {

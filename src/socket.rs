@@ -5,7 +5,8 @@
 //! live blob piece (`store::file_pieces`) is sent with `sendfile(2)` from the blob file's
 //! page-cache pages instead of being copied into the socket from memory; everything else (heads,
 //! manifests, small pieces) is written as before. TLS connections encrypt every byte in memory
-//! and do not use this.
+//! and do not use this; a peer on loopback gets pieces written from memory too
+//! (`server::sends_from_files` says why).
 
 use std::io::{self, IoSlice};
 use std::os::unix::io::AsRawFd;
@@ -187,9 +188,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::oci::Algorithm;
+    use crate::store::blob_file_for_tests;
     use crate::store::blobs::IO_CHUNK;
-    use crate::store::BlobFiles;
 
     /// Resident kilobytes of the mapping that starts at `addr`, from `/proc/self/smaps`.
     fn resident_kib(addr: usize) -> u64 {
@@ -206,16 +206,8 @@ mod tests {
     /// this process: the bytes went from the file, not through memory.
     #[tokio::test]
     async fn pieces_go_from_the_file_and_arrive_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = BlobFiles::new(dir.path()).unwrap();
         let len = 3 * IO_CHUNK + 4321;
-        let bytes: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
-        let mut hasher = Algorithm::Sha256.hasher();
-        hasher.update(&bytes);
-        let digest = hasher.finish();
-        let (mut temp, temp_path) = files.new_temp().unwrap();
-        std::io::Write::write_all(&mut temp, &bytes).unwrap();
-        assert!(files.commit(&temp_path, &digest).unwrap());
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -90,8 +90,8 @@ pub enum Delivery {
     /// To a socket that sends mapped pieces from their file (`file_pieces`): nothing reads the
     /// mapping, so its pages are not faulted in.
     FromFile,
-    /// Copied from memory (TLS, HTTP/2, anything else): a mapped piece is faulted in before it
-    /// is handed on.
+    /// Copied from memory (TLS, a peer on loopback, a request without the server's mark): a
+    /// mapped piece is faulted in before it is handed on.
     FromMemory,
 }
 
@@ -167,26 +167,27 @@ fn read_spare_at(file: &File, buf: &mut BytesMut, want: usize, offset: u64) -> i
     }
 }
 
+/// A blob file of `len` patterned bytes in a fresh store directory (for tests here and of the
+/// socket that sends pieces).
+#[cfg(test)]
+pub(crate) fn blob_file_for_tests(len: usize) -> (tempfile::TempDir, BlobFiles, Digest, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = BlobFiles::new(dir.path()).unwrap();
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut hasher = crate::oci::Algorithm::Sha256.hasher();
+    hasher.update(&bytes);
+    let digest = hasher.finish();
+    let (mut temp, temp_path) = files.new_temp().unwrap();
+    std::io::Write::write_all(&mut temp, &bytes).unwrap();
+    assert!(files.commit(&temp_path, &digest).unwrap());
+    (dir, files, digest, bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
 
     use super::*;
-    use crate::oci::Algorithm;
-
-    /// A blob file of `len` patterned bytes in a fresh store directory.
-    fn blob_file(len: usize) -> (tempfile::TempDir, BlobFiles, Digest, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let files = BlobFiles::new(dir.path()).unwrap();
-        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let mut hasher = Algorithm::Sha256.hasher();
-        hasher.update(&bytes);
-        let digest = hasher.finish();
-        let (mut temp, temp_path) = files.new_temp().unwrap();
-        std::io::Write::write_all(&mut temp, &bytes).unwrap();
-        assert!(files.commit(&temp_path, &digest).unwrap());
-        (dir, files, digest, bytes)
-    }
 
     /// How many mappings of `path` this process holds.
     fn mappings_of(path: &std::path::Path) -> usize {
@@ -208,7 +209,7 @@ mod tests {
     #[tokio::test]
     async fn every_range_gives_the_files_bytes_and_leaves_no_mapping_behind() {
         let len = 3 * IO_CHUNK + IO_CHUNK / 2 + 123;
-        let (_dir, files, digest, bytes) = blob_file(len);
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
         let path = files.path(&digest);
         let ranges = [
             (0, len),
@@ -242,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_shorter_than_recorded_ends_with_an_error() {
         let len = IO_CHUNK + IO_CHUNK / 2;
-        let (_dir, files, digest, bytes) = blob_file(len);
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
         let stream = files
             .read_stream(&digest, 0, 3 * IO_CHUNK as u64, Delivery::FromMemory)
             .unwrap();
@@ -260,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn a_blob_removed_while_it_streams_is_still_served_whole() {
         let len = 4 * IO_CHUNK;
-        let (_dir, files, digest, bytes) = blob_file(len);
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
         let stream = files.read_stream(&digest, 0, len as u64, Delivery::FromMemory);
         let mut stream = Box::pin(stream.unwrap());
         let mut got = stream.next().await.unwrap().unwrap().to_vec();

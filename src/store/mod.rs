@@ -50,6 +50,8 @@ use crate::oci::{
     Algorithm, Digest, Error, ErrorCode, MediaType, ParsedManifest, Reference, RepositoryName,
     Result,
 };
+#[cfg(test)]
+pub(crate) use blob_reads::blob_file_for_tests;
 pub use blob_reads::Delivery;
 pub use blobs::BlobFiles;
 use locks::{RepoGuard, RepoLocks};
