@@ -253,11 +253,12 @@ async fn measure(
         let tags = walk(&mut conn, &path, "tags", page, &mut tag_times).await?;
         anyhow::ensure!(tags.len() == args.tags, "{path}: {} tags", tags.len());
     }
-    let (cold_gets, cold_seconds) = match first_pass {
-        false => (0, 1.0),
-        true => every_tag_once(args).await?,
+    let (cold_gets, cold_seconds) = if first_pass {
+        every_tag_once(args).await?
+    } else {
+        (0, 1.0)
     };
-    let (gets, get_seconds) = manifest_gets(args, seconds, 1).await?;
+    let (gets, get_seconds) = manifest_gets(args, seconds).await?;
     Ok(json!({
         "repositories": names.len(),
         "catalogPages": catalog_times.len(),
@@ -304,9 +305,8 @@ async fn every_tag_once(args: &Args) -> anyhow::Result<(u64, f64)> {
     Ok((total_done, started.elapsed().as_secs_f64()))
 }
 
-/// GET random tagged manifests on `concurrency` connections for `seconds` (each `round` its own
-/// sequence of tags).
-async fn manifest_gets(args: &Args, seconds: u64, round: u64) -> anyhow::Result<(u64, f64)> {
+/// GET random tagged manifests on `concurrency` connections for `seconds`.
+async fn manifest_gets(args: &Args, seconds: u64) -> anyhow::Result<(u64, f64)> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -314,7 +314,7 @@ async fn manifest_gets(args: &Args, seconds: u64, round: u64) -> anyhow::Result<
         let (addr, repos, tags) = (args.addr.clone(), args.repos, args.tags.max(1));
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&addr).await?;
-            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1) ^ (round << 32);
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
             let mut done = 0u64;
             while Instant::now() < deadline {
                 // xorshift: a spread of repositories and tags, the same on every run.
