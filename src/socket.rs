@@ -201,6 +201,96 @@ mod tests {
         rss.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
+    /// A socket of a loopback connection (`sendfile` as given) and the task that reads all
+    /// that arrives at its other end.
+    async fn connected(sendfile: bool) -> (FileSendingSocket, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            got
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        (FileSendingSocket::new(tcp, sendfile), reader)
+    }
+
+    /// Pieces meant to go from their file (so not faulted in), on a connection where the kernel
+    /// refused `sendfile`: they are written from memory, a head before them in the same
+    /// vectored write included, and arrive whole.
+    #[tokio::test]
+    async fn after_sendfile_is_refused_pieces_are_written_from_memory_and_arrive_whole() {
+        let len = 2 * IO_CHUNK + 999;
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
+        let (mut socket, reader) = connected(true).await;
+        let stream = files
+            .read_stream(&digest, 0, len as u64, socket.delivery())
+            .unwrap();
+        socket.sendfile = false; // as after EINVAL from the kernel
+        let pieces: Vec<Bytes> = stream.map(|p| p.unwrap()).collect().await;
+        let mapped = pieces.iter().filter(|p| file_pieces::find(p).is_some());
+        for piece in mapped {
+            assert_eq!(resident_kib(piece.as_ptr() as usize), 0, "not faulted in");
+        }
+        let head = Bytes::from_static(b"HEAD\r\n");
+        let slices = [IoSlice::new(&head), IoSlice::new(&pieces[0])];
+        let n = socket.write_vectored(&slices).await.unwrap();
+        assert!(n > head.len(), "the head and the piece go in one write");
+        socket
+            .write_all(&pieces[0][n - head.len()..])
+            .await
+            .unwrap();
+        for piece in &pieces[1..] {
+            socket.write_all(piece).await.unwrap();
+        }
+        socket.shutdown().await.unwrap();
+        drop(socket);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert_eq!(&got[head.len()..], &bytes[..]);
+    }
+
+    /// A piece whose pages the file can no longer give (here: cut short under it, as a failing
+    /// disk would) fails the write with an error, sent from the file or from memory: the
+    /// kernel's copy out of a mapping that cannot be faulted in is `EFAULT`, not the `SIGBUS`
+    /// that touching those pages in the process would raise (which would end the node).
+    #[tokio::test]
+    async fn a_piece_the_file_cannot_give_fails_the_write_and_the_process_lives_on() {
+        let len = 2 * IO_CHUNK;
+        let (_dir, files, digest, bytes) = blob_file_for_tests(len);
+        let path = files.path(&digest);
+        let read_only = std::fs::metadata(&path).unwrap().permissions();
+        for sendfile in [true, false] {
+            let (mut socket, reader) = connected(true).await;
+            let stream = files
+                .read_stream(&digest, 0, len as u64, socket.delivery())
+                .unwrap();
+            socket.sendfile = sendfile;
+            let pieces: Vec<Bytes> = stream.map(|p| p.unwrap()).collect().await;
+            assert!(pieces.iter().all(|p| file_pieces::find(p).is_some()));
+            #[allow(clippy::permissions_set_readonly_false)]
+            let writable = {
+                let mut p = read_only.clone();
+                p.set_readonly(false);
+                p
+            };
+            std::fs::set_permissions(&path, writable).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(0).unwrap();
+            let written = socket.write_all(&pieces[1]).await;
+            assert!(
+                written.is_err(),
+                "sendfile {sendfile}: bytes past the file's end were written"
+            );
+            drop(socket);
+            reader.await.unwrap();
+            // Whole again for the next round.
+            std::io::Write::write_all(&mut &file, &bytes).unwrap();
+            std::fs::set_permissions(&path, read_only.clone()).unwrap();
+        }
+    }
+
     /// A blob's pieces written through the socket arrive whole and in order, a head before them
     /// in the same vectored write included, and the mapped pieces' pages were never touched in
     /// this process: the bytes went from the file, not through memory.
@@ -209,16 +299,7 @@ mod tests {
         let len = 3 * IO_CHUNK + 4321;
         let (_dir, files, digest, bytes) = blob_file_for_tests(len);
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let reader = tokio::spawn(async move {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut socket = FileSendingSocket::new(tcp, true);
+        let (mut socket, reader) = connected(true).await;
         assert_eq!(socket.delivery(), Delivery::FromFile);
 
         let start = 77u64;

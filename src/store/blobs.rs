@@ -181,6 +181,12 @@ where
                 unflushed_from = end;
             }
         }
+        // The tail goes to the disk while the hash catches up: the fsync that makes the blob
+        // durable then finds less to write.
+        let end = file_offset + written;
+        if end > unflushed_from {
+            start_writeback(&file, unflushed_from, end - unflushed_from);
+        }
         Ok((file, hash.finish(), written))
     });
 
