@@ -167,11 +167,17 @@ fn sends_from_files(peer: SocketAddr) -> bool {
 }
 
 /// The HTTP/1 settings, from hyper's own timers and limits.
+///
+/// Half-closed clients are answered: `printf 'GET /healthz HTTP/1.0\r\n\r\n' | nc host port`
+/// shuts its side once the request is out, and hyper's default drops such a request unanswered
+/// (distribution answers it). The price: a long-poll whose client went away altogether is only
+/// noticed when its answer is written, at the latest when its `wait` ends.
 fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT.min(limits.connection_idle_timeout));
+        .header_read_timeout(HEADER_READ_TIMEOUT.min(limits.connection_idle_timeout))
+        .half_close(true);
     builder
 }
 

@@ -144,6 +144,49 @@ fn names_paths_and_malformed_input() {
     assert!(!reg.log_text().contains("panicked"));
 }
 
+/// A client that shuts its side of the connection once its request is out gets its answer, over
+/// a raw socket and from busybox `nc` (the shell health probe), as distribution gives it.
+#[test]
+fn a_client_that_half_closes_after_its_request_is_answered() {
+    let reg = Registry::start();
+    for (request, status, body) in [
+        ("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200", "{}"),
+        ("GET /healthz HTTP/1.0\r\n\r\n", "HTTP/1.0 200", ""),
+        (
+            "GET /v2/x/manifests/none HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 404",
+            "MANIFEST_UNKNOWN",
+        ),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", reg.port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with(status), "{request:?} -> {answer:?}");
+        assert!(answer.contains(body), "{request:?} -> {answer:?}");
+    }
+    let busybox = common::require("busybox");
+    let probe = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | {} nc -w 5 127.0.0.1 {}",
+            busybox.display(),
+            reg.port
+        ))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "busybox nc got {answer:?}"
+    );
+    assert!(!reg.log_text().contains("panicked"));
+}
+
 #[test]
 fn tls_serves_http2_and_http11() {
     let tls = common::TlsRegistry::start();
