@@ -111,7 +111,7 @@ pub(super) async fn handle(
             drop(req);
             match stream {
                 Some(opening) => Box::pin(feed_stream::open(api, identity, &query, opening)).await,
-                None => Box::pin(changes(api, identity, &query)).await,
+                None => changes(api, identity, &query),
             }
         }
         AcrRoute::Status => {
@@ -157,19 +157,24 @@ pub(super) fn feed_position(q: &[(String, String)]) -> Result<(u64, Option<u64>)
 
 /// `GET …/changes?since=SEQ&wait=SECONDS&ttl=SECONDS`. Every number is checked against its
 /// range before it is used: `since` is any cursor, `wait` is capped at [`MAX_WAIT`], `ttl` must
-/// lie in [`TTL_RANGE`].
-async fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Reply> {
+/// lie in [`TTL_RANGE`]. The wait is a [`Reply::after`]: a root holds one per child that
+/// long-polls, so it keeps only what the page needs (BENCHMARKS.md, "A root with many
+/// children").
+fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Reply> {
     let (since, ttl) = feed_position(q)?;
     let wait = number(q, "wait", 0..=u64::MAX)?.unwrap_or(0);
     let wait = Duration::from_secs(wait.min(MAX_WAIT.as_secs()));
     let mut stopping = api.stopping.subscribe();
-    let events = tokio::select! {
-        page = api.store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
-        // The server is stopping: answer now with what there is (nothing new).
-        _ = stopping.wait_for(|stop| *stop) => Arc::from([]),
-    };
-    let page = page_for(&api.store, identity, since, ttl, &events)?;
-    Ok(Reply::new(StatusCode::OK).json(&page))
+    let (store, identity) = (api.store.clone(), identity.clone());
+    Ok(Reply::after(async move {
+        let events = tokio::select! {
+            page = store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
+            // The server is stopping: answer now with what there is (nothing new).
+            _ = stopping.wait_for(|stop| *stop) => Arc::from([]),
+        };
+        let page = page_for(&store, &identity, since, ttl, &events)?;
+        Ok(Reply::new(StatusCode::OK).json(&page))
+    }))
 }
 
 /// The page `identity` gets of `events` (those after `since`): only the repositories it may

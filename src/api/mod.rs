@@ -20,8 +20,10 @@ pub mod route;
 mod token;
 mod uploads;
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,20 @@ pub(crate) use access::Realm;
 pub use ops::route_label;
 use response::{error_response, Body, Reply, DOCKER_API_VERSION};
 use route::Route;
+
+/// How [`Api::handle`] answers: a response now, or a wait that ends in one.
+pub enum Answer {
+    Now(Response<Body>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+/// What the answer to a request needs to know of it once the request itself is gone.
+struct RequestLine {
+    started: Instant,
+    method: Method,
+    path: String,
+    challenge: access::ChallengeContext,
+}
 
 pub struct Api {
     store: Arc<Store>,
@@ -142,13 +158,36 @@ impl Api {
         }
     }
 
-    /// Answer one request. Never fails: errors become OCI error responses.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let challenge = access::ChallengeContext::capture(req.headers(), req.uri());
-        let result = self.dispatch(req).await;
+    /// Answer one request. Never fails: errors become OCI error responses. A request that
+    /// waits (a change-feed long-poll) is answered [`Answer::Later`], by a future that holds
+    /// only what the wait needs: the caller drops this one, and the request's state with it,
+    /// before it runs that.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        let request = RequestLine {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            challenge: access::ChallengeContext::capture(req.headers(), req.uri()),
+        };
+        let mut result = self.dispatch(req).await;
+        match result.as_mut().ok().and_then(Reply::take_wait) {
+            Some(wait) => Answer::Later(Box::pin(async move {
+                let result = wait.await;
+                self.respond(&request, result)
+            })),
+            None => Answer::Now(self.respond(&request, result)),
+        }
+    }
+
+    /// The response to `request`: its reply, or its error as OCI error JSON (with a challenge
+    /// when it is a 401).
+    fn respond(&self, request: &RequestLine, result: Result<Reply>) -> Response<Body> {
+        let RequestLine {
+            started,
+            method,
+            path,
+            challenge,
+        } = request;
         let mut response = match result {
             Ok(reply) => reply.build(),
             Err(err) => {
@@ -160,10 +199,10 @@ impl Api {
                 }
                 let mut response = error_response(&err);
                 if err.code() == ErrorCode::Unauthorized {
-                    let value = if token::is_token_path(&path) {
+                    let value = if token::is_token_path(path) {
                         "Basic realm=\"connected-registry\"".to_owned()
                     } else {
-                        challenge.challenge(&self.realm, &path, &method)
+                        challenge.challenge(&self.realm, path, method)
                     };
                     if let Ok(value) = HeaderValue::from_str(&value) {
                         response
@@ -188,8 +227,8 @@ impl Api {
     }
 
     /// Route a request. Every handler that awaits runs in a box of its own, so the future of a
-    /// request is only as large as the handler it runs: a waiting change-feed long-poll (a root
-    /// holds one per child) does not carry the state of an upload.
+    /// request is only as large as the handler it runs. A change-feed long-poll (a root holds
+    /// one per child) does not wait in here at all: it answers with a [`Reply::after`].
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Reply> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();

@@ -1,7 +1,9 @@
 //! Response shapes: every handler answers through these, so headers common to all responses and
 //! the OCI error JSON are written in one place.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -10,7 +12,7 @@ use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
-use crate::oci::Error;
+use crate::oci::{Error, ErrorCode, Result};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -38,10 +40,17 @@ where
     StreamBody::new(stream.map(|r| r.map(Frame::data))).boxed_unsync()
 }
 
+/// The rest of a request that waits before it can answer (a change-feed long-poll): a small
+/// future that makes the reply once the wait ends. The server runs it after it has freed the
+/// request's own state, which is many times larger, so a waiting request costs only this.
+pub type Waiting = Pin<Box<dyn Future<Output = Result<Reply>> + Send>>;
+
 /// A response under construction; `header` silently skips values that are not valid header
 /// text (they only ever come from our own formatting).
 pub struct Reply {
     inner: Response<Body>,
+    /// Set by [`Reply::after`]: the reply is made by this wait.
+    wait: Option<Waiting>,
 }
 
 impl Reply {
@@ -51,7 +60,20 @@ impl Reply {
         inner
             .headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        Reply { inner }
+        Reply { inner, wait: None }
+    }
+
+    /// The reply `wait` makes when it ends, for a request that waits (see [`Waiting`]).
+    pub fn after(wait: impl Future<Output = Result<Reply>> + Send + 'static) -> Reply {
+        Reply {
+            inner: Response::new(empty_body()),
+            wait: Some(Box::pin(wait)),
+        }
+    }
+
+    /// The wait that makes this reply, if it is one made by [`Reply::after`].
+    pub fn take_wait(&mut self) -> Option<Waiting> {
+        self.wait.take()
     }
 
     pub fn header(mut self, name: HeaderName, value: impl AsRef<str>) -> Reply {
@@ -102,7 +124,14 @@ impl Reply {
         self.header(CONTENT_TYPE, content_type)
     }
 
+    /// The response. A reply that is still a wait ([`Reply::after`]) is taken apart by
+    /// [`Reply::take_wait`] first; one that reaches here (a wait whose reply waits again) is a
+    /// mistake of ours, answered as an internal error.
     pub fn build(self) -> Response<Body> {
+        if self.wait.is_some() {
+            tracing::error!("a waiting reply was answered before its wait ran");
+            return error_response(&Error::new(ErrorCode::Unknown, "internal error"));
+        }
         self.inner
     }
 }

@@ -4,31 +4,28 @@
 //! a graceful stop that lets in-flight requests finish before the store is flushed.
 
 mod admission;
+mod answering;
 mod idle;
 mod protocol;
 mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::response::error_response;
-use crate::api::{route_label, Api};
+use crate::api::Api;
 use crate::config::Limits;
-use crate::oci::{Error, ErrorCode};
 use crate::socket::FileSendingSocket;
 use crate::store::Delivery;
 use admission::{Admission, RateLimited};
@@ -109,38 +106,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        // The task is the served connection's own future, which starts with the opening (a
+        // box of its own, freed once the connection is open): the state a connection holds for
+        // its whole life is one allocation, not a wrapper around another.
         match &tls {
-            None => conns.spawn(async move {
-                // A client that sends nothing is closed after the idle timeout, as before any
-                // other request; a stopping server does not wait for it.
-                let mut stop = shared.stop.clone();
-                let protocol = tokio::select! {
-                    p = protocol::sniff(&stream, shared.idle_timeout) => p,
-                    _ = stop.wait_for(|stopping| *stopping) => None,
-                };
-                match protocol {
-                    Some(protocol) => {
-                        let socket = FileSendingSocket::new(stream, sends_from_files(peer));
-                        let delivery = socket.delivery();
-                        serve_connection(socket, peer, shared, permit, protocol, delivery).await
-                    }
-                    None => tracing::debug!(%peer, "closing a connection that sent nothing"),
-                }
-            }),
+            None => {
+                let opening = Box::pin(open_plain(stream, peer, shared.clone()));
+                conns.spawn(serve_connection(opening, peer, shared, permit))
+            }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                conns.spawn(async move {
-                    let handshake = TLS_HANDSHAKE_TIMEOUT.min(shared.idle_timeout);
-                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let protocol = protocol::from_alpn(stream.get_ref().1.alpn_protocol());
-                            let delivery = Delivery::FromMemory;
-                            serve_connection(stream, peer, shared, permit, protocol, delivery).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                })
+                let opening = Box::pin(open_tls(acceptor.clone(), stream, peer, shared.clone()));
+                conns.spawn(serve_connection(opening, peer, shared, permit))
             }
         };
     }
@@ -156,6 +132,69 @@ pub async fn serve(
         conns.shutdown().await;
     }
     Ok(())
+}
+
+/// A connection ready to be served: its stream, the protocol it speaks and how blob pieces
+/// reach it.
+struct Opened<I> {
+    io: I,
+    protocol: protocol::Protocol,
+    delivery: Delivery,
+}
+
+/// What makes a connection ready to be served, `None` when it never gets there.
+type Opening<I> = Pin<Box<dyn Future<Output = Option<Opened<I>>> + Send>>;
+
+/// A plain connection, once its first bytes tell HTTP/1 from HTTP/2. A client that sends
+/// nothing is closed after the idle timeout, as before any other request; a stopping server
+/// does not wait for it.
+async fn open_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Option<Opened<FileSendingSocket>> {
+    let mut stop = shared.stop.clone();
+    let protocol = tokio::select! {
+        p = protocol::sniff(&stream, shared.idle_timeout) => p,
+        _ = stop.wait_for(|stopping| *stopping) => None,
+    };
+    let Some(protocol) = protocol else {
+        tracing::debug!(%peer, "closing a connection that sent nothing");
+        return None;
+    };
+    let io = FileSendingSocket::new(stream, sends_from_files(peer));
+    let delivery = io.delivery();
+    Some(Opened {
+        io,
+        protocol,
+        delivery,
+    })
+}
+
+/// A TLS connection, once its handshake is done (within [`TLS_HANDSHAKE_TIMEOUT`]); ALPN
+/// names its protocol.
+async fn open_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Option<Opened<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let handshake = TLS_HANDSHAKE_TIMEOUT.min(shared.idle_timeout);
+    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(io)) => Some(Opened {
+            protocol: protocol::from_alpn(io.get_ref().1.alpn_protocol()),
+            io,
+            delivery: Delivery::FromMemory,
+        }),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Whether a plain connection from `peer` sends blob pieces from their files. Not for a peer on
@@ -195,19 +234,25 @@ fn http2_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serve one connection until it ends, goes idle, the server stops or a change-feed stream
-/// takes it over; `permit` is its place under the connection cap, released when it closes;
-/// `delivery` says whether `io` sends blob pieces from their files.
+/// Open one connection, then serve it until it ends, goes idle, the server stops or a
+/// change-feed stream takes it over; `permit` is its place under the connection cap, released
+/// when it closes.
 async fn serve_connection<I>(
-    io: I,
+    opening: Opening<I>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
-    protocol: protocol::Protocol,
-    delivery: Delivery,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(Opened {
+        io,
+        protocol,
+        delivery,
+    }) = opening.await
+    else {
+        return;
+    };
     let activity = Activity::new();
     // Each request carries the connection's slot: a change-feed stream that takes the
     // connection over keeps it (the slot is freed when the last holder lets go).
@@ -219,24 +264,7 @@ async fn serve_connection<I>(
             req.extensions_mut().insert(crate::api::ClientAddr(peer));
             req.extensions_mut().insert(slot.clone());
             req.extensions_mut().insert(delivery);
-            let api = api.clone();
-            let activity = activity.clone();
-            async move {
-                let handling = activity.handling();
-                let (method, route) = (req.method().clone(), route_label(req.uri().path()));
-                let started = Instant::now();
-                let response = AssertUnwindSafe(api.clone().handle(req))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::error!("request handler panicked");
-                        error_response(&Error::new(ErrorCode::Unknown, "internal error"))
-                    });
-                drop(handling);
-                let metrics = api.metrics();
-                metrics.observe(route, &method, response.status(), started.elapsed());
-                Ok::<_, Infallible>(response.map(|body| activity.track(body, metrics.sent_bytes())))
-            }
+            answering::Answering::new(api.clone(), activity.clone(), req)
         })
     };
     let io = TokioIo::new(io);
@@ -249,9 +277,17 @@ async fn serve_connection<I>(
             drive(conn, |c| c.graceful_shutdown(), &activity, &shared, peer).await
         }
         protocol::Protocol::Http2 => {
-            let conn = shared.builders.http2.serve_connection(io, service);
-            tokio::pin!(conn);
-            drive(conn, |c| c.graceful_shutdown(), &activity, &shared, peer).await
+            // Boxed: an HTTP/2 connection's state is twice an HTTP/1 one's, and held inline it
+            // would make every connection's future that large.
+            let mut conn = Box::pin(shared.builders.http2.serve_connection(io, service));
+            drive(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                &activity,
+                &shared,
+                peer,
+            )
+            .await
         }
     }
 }
@@ -321,3 +357,6 @@ pub fn check_anonymous_allowed(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
