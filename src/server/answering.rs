@@ -25,7 +25,8 @@ use crate::metrics::RouteLabel;
 use crate::oci::{Error, ErrorCode};
 
 type Handler = Pin<Box<dyn Future<Output = Answer> + Send>>;
-type Waiting = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+/// What answers a request that waits ([`Answer::Later`]).
+type Later = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 /// One request being answered (see the module documentation).
 pub(super) struct Answering {
@@ -41,7 +42,7 @@ pub(super) struct Answering {
 
 enum Step {
     Handling(Handler),
-    Waiting(Waiting),
+    Waiting(Later),
     Answered,
 }
 
