@@ -130,10 +130,16 @@ impl Reply {
     pub fn build(self) -> Response<Body> {
         if self.wait.is_some() {
             tracing::error!("a waiting reply was answered before its wait ran");
-            return error_response(&Error::new(ErrorCode::Unknown, "internal error"));
+            return internal_error_response();
         }
         self.inner
     }
+}
+
+/// The answer to a mistake of ours (a handler that panicked, a reply answered before its wait
+/// ran): a 500 with `UNKNOWN`, and nothing of the mistake shown to the client.
+pub fn internal_error_response() -> Response<Body> {
+    error_response(&Error::new(ErrorCode::Unknown, "internal error"))
 }
 
 /// Render any error as OCI error JSON with its status.

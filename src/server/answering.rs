@@ -19,10 +19,9 @@ use std::time::Instant;
 use hyper::{Method, Response};
 
 use super::idle::{Activity, Handling, Tracked};
-use crate::api::response::{error_response, Body};
+use crate::api::response::{internal_error_response, Body};
 use crate::api::{Answer, Api};
 use crate::metrics::RouteLabel;
-use crate::oci::{Error, ErrorCode};
 
 type Handler = Pin<Box<dyn Future<Output = Answer> + Send>>;
 /// What answers a request that waits ([`Answer::Later`]).
@@ -82,7 +81,7 @@ impl Answering {
     fn finish(&mut self, response: Option<Response<Body>>) -> Response<Tracked<Body>> {
         let response = response.unwrap_or_else(|| {
             tracing::error!("request handler panicked");
-            error_response(&Error::new(ErrorCode::Unknown, "internal error"))
+            internal_error_response()
         });
         self.step = Step::Answered;
         self.handling = None;
