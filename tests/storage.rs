@@ -163,8 +163,8 @@ fn a_push_that_does_not_fit_is_refused_with_507_and_fits_once_the_limit_is_raise
     node.assert_no_panic();
 }
 
-/// A data volume that really runs out (ENOSPC): a chunked push is refused with 507, a sync
-/// reports DiskError, serving goes on, and both finish once space is freed.
+/// A data volume that really runs out (ENOSPC): a chunked push, small or large, is refused with
+/// 507, a sync reports DiskError, serving goes on, and both finish once space is freed.
 #[test]
 fn a_full_disk_refuses_pushes_and_syncs_cleanly_and_recovers_by_itself() {
     let parent = Node::with_config(json!({}));
@@ -182,10 +182,28 @@ fn a_full_disk_refuses_pushes_and_syncs_cleanly_and_recovers_by_itself() {
     assert!(peers::wait_until(Duration::from_secs(60), || serves_tag(
         &c, "small", "v1"
     ) == 200));
-    volume.fill_leaving("filler", 3 * MIB as u64);
-
-    // A chunked upload has no size up front: the disk itself says no.
     let client = common::support::client();
+
+    // A large chunked upload runs out after 11 MiB, past the point where it is hashed on a
+    // thread of its own (8 MiB): refused the same way, and its bytes given back.
+    volume.fill_leaving("filler", 11 * MIB as u64);
+    let location = peers::start_upload(&c, "local");
+    let patch = client
+        .patch(&location)
+        .header("Content-Type", "application/octet-stream")
+        .body(peers::random_bytes(24, 16 * MIB))
+        .send()
+        .unwrap();
+    assert_eq!(patch.status().as_u16(), 507, "{}", patch.text().unwrap());
+    assert!(
+        volume.available() > 10 * MIB as u64,
+        "{} free",
+        volume.available()
+    );
+    std::fs::remove_file(volume.path.join("filler")).unwrap();
+
+    volume.fill_leaving("filler", 3 * MIB as u64);
+    // A chunked upload has no size up front: the disk itself says no.
     let location = peers::start_upload(&c, "local");
     let patch = client
         .patch(&location)
