@@ -183,41 +183,29 @@ fn a_full_disk_refuses_pushes_and_syncs_cleanly_and_recovers_by_itself() {
         &c, "small", "v1"
     ) == 200));
     let client = common::support::client();
-
-    // A large chunked upload runs out after 11 MiB, past the point where it is hashed on a
-    // thread of its own (8 MiB): refused the same way, and its bytes given back.
-    volume.fill_leaving("filler", 11 * MIB as u64);
-    let location = peers::start_upload(&c, "local");
-    let patch = client
-        .patch(&location)
-        .header("Content-Type", "application/octet-stream")
-        .body(peers::random_bytes(24, 16 * MIB))
-        .send()
-        .unwrap();
-    assert_eq!(patch.status().as_u16(), 507, "{}", patch.text().unwrap());
-    assert!(
-        volume.available() > 10 * MIB as u64,
-        "{} free",
-        volume.available()
-    );
+    // A chunked upload has no size up front: the disk itself says no, with 507, and the refused
+    // bytes are given back.
+    let refused_and_given_back = |leave_mib: usize, seed: u64, len_mib: usize| {
+        volume.fill_leaving("filler", (leave_mib * MIB) as u64);
+        let location = peers::start_upload(&c, "local");
+        let patch = client
+            .patch(&location)
+            .header("Content-Type", "application/octet-stream")
+            .body(peers::random_bytes(seed, len_mib * MIB))
+            .send()
+            .unwrap();
+        assert_eq!(patch.status().as_u16(), 507, "{}", patch.text().unwrap());
+        assert!(
+            volume.available() > ((leave_mib - 1) * MIB) as u64,
+            "{} free",
+            volume.available()
+        );
+    };
+    // A large upload runs out after 11 MiB, past the point where it is hashed on a thread of
+    // its own (8 MiB).
+    refused_and_given_back(11, 24, 16);
     std::fs::remove_file(volume.path.join("filler")).unwrap();
-
-    volume.fill_leaving("filler", 3 * MIB as u64);
-    // A chunked upload has no size up front: the disk itself says no.
-    let location = peers::start_upload(&c, "local");
-    let patch = client
-        .patch(&location)
-        .header("Content-Type", "application/octet-stream")
-        .body(peers::random_bytes(22, 5 * MIB))
-        .send()
-        .unwrap();
-    assert_eq!(patch.status().as_u16(), 507, "{}", patch.text().unwrap());
-    // The refused bytes were given back.
-    assert!(
-        volume.available() > 2 * MIB as u64,
-        "{} free",
-        volume.available()
-    );
+    refused_and_given_back(3, 22, 5);
 
     push_image(&p, "large", "v1", &large);
     wait_for_detail(&c, "DiskError");

@@ -48,8 +48,11 @@ use route::Route;
 /// How [`Api::handle`] answers: a response now, or a wait that ends in one.
 pub enum Answer {
     Now(Response<Body>),
-    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+    Later(Later),
 }
+
+/// What answers a request that waits ([`Answer::Later`]).
+pub type Later = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 /// What the answer to a request needs to know of it once the request itself is gone.
 struct RequestLine {

@@ -20,12 +20,10 @@ use hyper::{Method, Response};
 
 use super::idle::{Activity, Handling, Tracked};
 use crate::api::response::{internal_error_response, Body};
-use crate::api::{Answer, Api};
+use crate::api::{Answer, Api, Later};
 use crate::metrics::RouteLabel;
 
 type Handler = Pin<Box<dyn Future<Output = Answer> + Send>>;
-/// What answers a request that waits ([`Answer::Later`]).
-type Later = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
 /// One request being answered (see the module documentation).
 pub(super) struct Answering {
