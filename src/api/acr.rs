@@ -6,9 +6,10 @@
 //! on a separate port. A waiting long-poll holds no thread (it awaits the store's change watch)
 //! and returns as soon as the server starts stopping, so it never delays a graceful shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
@@ -105,13 +106,17 @@ pub(super) async fn handle(
                 upgrade: hyper::upgrade::on(&mut req),
                 slot: req.extensions().get::<ConnectionSlot>().cloned(),
             });
+            let seat = req
+                .extensions()
+                .get::<ConnectionSlot>()
+                .map(ConnectionSlot::seat);
             let query = super::query(&req);
             // The request (headers, and the connection's read buffer they point into) is not
             // kept while the long-poll waits.
             drop(req);
             match stream {
                 Some(opening) => Box::pin(feed_stream::open(api, identity, &query, opening)).await,
-                None => changes(api, identity, &query),
+                None => changes(api, identity, &query, seat),
             }
         }
         AcrRoute::Status => {
@@ -128,6 +133,49 @@ pub(super) async fn handle(
         }
         AcrRoute::ChildStatus(name) => {
             Box::pin(children::put_status(api, identity, name, req)).await
+        }
+    }
+}
+
+/// The bytes of a page, made once for every child that gets the same events. After a push
+/// thousands of children ask from the same place and the store hands all of them the same
+/// `events`; at 100 pushes a second a page holds tens of events, each rendered again for every
+/// child otherwise (BENCHMARKS.md, "Long-polls woken in turn"). One for long-poll bodies, one
+/// for stream lines.
+pub(super) struct SharedPage {
+    /// The events the last shared page was made from, and its bytes.
+    last: Mutex<Option<(Arc<[ChangeEvent]>, Bytes)>>,
+}
+
+impl SharedPage {
+    pub(super) const fn new() -> SharedPage {
+        SharedPage {
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `page` (made from `events`) as `render` makes it: shared when the page holds all of
+    /// `events`, made for this child alone when its token left some out.
+    pub(super) fn bytes(
+        &self,
+        page: &ChangesPage<'_>,
+        events: &Arc<[ChangeEvent]>,
+        render: fn(&ChangesPage<'_>) -> Vec<u8>,
+    ) -> Bytes {
+        if events.is_empty() || !page.holds_all(events.len()) {
+            return render(page).into();
+        }
+        // Only a cache: a panic while it was held left nothing that matters.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.as_ref() {
+            // The same events make the same page: `next` is the last one's sequence number.
+            // (The cached `Arc` keeps its address from being reused.)
+            Some((made_from, bytes)) if Arc::ptr_eq(made_from, events) => bytes.clone(),
+            _ => {
+                let made = Bytes::from(render(page));
+                *last = Some((events.clone(), made.clone()));
+                made
+            }
         }
     }
 }
@@ -160,7 +208,12 @@ pub(super) fn feed_position(q: &[(String, String)]) -> Result<(u64, Option<u64>)
 /// lie in [`TTL_RANGE`]. The wait is a [`Reply::after`]: a root holds one per child that
 /// long-polls, so it keeps only what the page needs (BENCHMARKS.md, "A root with many
 /// children").
-fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Reply> {
+fn changes(
+    api: &Api,
+    identity: &Identity,
+    q: &[(String, String)],
+    seat: Option<u64>,
+) -> Result<Reply> {
     let (since, ttl) = feed_position(q)?;
     let wait = number(q, "wait", 0..=u64::MAX)?.unwrap_or(0);
     let wait = Duration::from_secs(wait.min(MAX_WAIT.as_secs()));
@@ -168,12 +221,16 @@ fn changes(api: &Api, identity: &Identity, q: &[(String, String)]) -> Result<Rep
     let (store, identity) = (api.store.clone(), identity.clone());
     Ok(Reply::after(async move {
         let events = tokio::select! {
-            page = store.wait_for_changes(since, wait, PAGE_LIMIT) => page?,
+            page = store.wait_for_changes_in_turn(seat, since, wait, PAGE_LIMIT) => page?,
             // The server is stopping: answer now with what there is (nothing new).
             _ = stopping.wait_for(|stop| *stop) => Arc::from([]),
         };
         let page = page_for(&store, &identity, since, ttl, &events)?;
-        Ok(Reply::new(StatusCode::OK).json(&page))
+        static BODIES: SharedPage = SharedPage::new();
+        let body = BODIES.bytes(&page, &events, |page| {
+            serde_json::to_vec(page).expect("pages serialise")
+        });
+        Ok(Reply::new(StatusCode::OK).bytes("application/json", body))
     }))
 }
 

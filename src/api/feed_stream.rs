@@ -14,10 +14,10 @@
 //! connection, or a proxy that strips the upgrade) long-polls as before.
 //!
 //! After a push every waiting stream writes at once: a page all of them may read in full is
-//! serialised once ([`shared_line`]), and the streams run on a runtime of their own
+//! serialised once ([`SharedPage`]), and the streams run on a runtime of their own
 //! ([`streams_runtime`]) so the registry's requests do not wait behind such a wave.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -29,13 +29,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::acr::{feed_position, number, page_for, ChangesPage, MAX_WAIT, PAGE_LIMIT};
+use super::acr::{feed_position, number, page_for, SharedPage, MAX_WAIT, PAGE_LIMIT};
 use super::response::Reply;
 use super::{Api, ConnectionSlot};
 use crate::auth::Identity;
 use crate::oci::{Error, Result};
 use crate::socket::FileSendingSocket;
-use crate::store::{ChangeEvent, Store};
+use crate::store::Store;
 
 /// The `Upgrade` token a child asks for and the parent answers with.
 pub const PROTOCOL: &str = "cr-changes/1";
@@ -206,7 +206,8 @@ impl Follower {
             };
             let next = waited.and_then(|events| {
                 let page = page_for(&self.store, &self.identity, self.since, self.ttl, &events)?;
-                Ok((shared_line(&page, &events), page.next))
+                static LINES: SharedPage = SharedPage::new();
+                Ok((LINES.bytes(&page, &events, |page| line(page)), page.next))
             });
             match next {
                 Ok((page, next)) => {
@@ -238,29 +239,6 @@ async fn send<I: AsyncWrite + Unpin>(io: &mut I, line: &[u8]) -> bool {
         io.flush().await
     };
     matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
-}
-
-/// The line of `page`, made from `events`. A page that holds all of them is the same line for
-/// every child at the same place, and after a push thousands of streams write it: it is made
-/// once and shared (the store hands every follower the same `events`).
-fn shared_line(page: &ChangesPage<'_>, events: &Arc<[ChangeEvent]>) -> Arc<[u8]> {
-    /// The events a line was made from, and the line.
-    type MadeFrom = (Arc<[ChangeEvent]>, Arc<[u8]>);
-    static LAST: Mutex<Option<MadeFrom>> = Mutex::new(None);
-    if events.is_empty() || !page.holds_all(events.len()) {
-        return line(page).into();
-    }
-    // Only a cache: a panic while it was held left nothing that matters.
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    match last.as_ref() {
-        // The same events make the same page: `next` is the last one's sequence number.
-        Some((made_from, line)) if Arc::ptr_eq(made_from, events) => line.clone(),
-        _ => {
-            let made: Arc<[u8]> = line(page).into();
-            *last = Some((events.clone(), made.clone()));
-            made
-        }
-    }
 }
 
 fn line(page: &impl serde::Serialize) -> Vec<u8> {

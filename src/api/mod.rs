@@ -402,6 +402,13 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone)]
 pub struct ConnectionSlot(pub Arc<tokio::sync::OwnedSemaphorePermit>);
 
+impl ConnectionSlot {
+    /// A number this connection alone has while it is open (its slot's address).
+    pub fn seat(&self) -> u64 {
+        Arc::as_ptr(&self.0) as u64
+    }
+}
+
 impl Api {
     /// Who sent `req` (anonymous without an `Authorization` header).
     async fn identify(&self, req: &Request<Incoming>, source: IpAddr) -> Result<Identity> {

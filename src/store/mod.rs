@@ -17,6 +17,7 @@ pub mod children;
 mod counters;
 mod deletes;
 mod evict;
+mod feed_turns;
 pub mod file_pieces;
 pub mod format;
 pub mod gc;
@@ -162,7 +163,7 @@ impl Store {
             trees.changes.clone(),
             last_change.clone(),
         ));
-        let feed = changes::Feed::open(&db)?;
+        let feed = changes::Feed::open(&db, newest)?;
         let store = Store {
             root: root.to_owned(),
             db,
