@@ -5,11 +5,13 @@
 //! once they fill the runtime's queues, and a push that arrives meanwhile (a manifest `PUT`,
 //! durable before its 201) runs after all of them; asked for 100 pushes a second, such a root
 //! took 21–39 (BENCHMARKS.md, "A root with many children"). Here each waiting long-poll joins
-//! one of a few groups (`changes::LONG_POLL_GROUPS`), and one relay task hands the newest durable sequence number to the
-//! groups in turn, each group answering before the next is handed it, so whatever else became
-//! ready runs after at most one group's answers. A sweep reaches every group with what was
-//! newest when it got there; a change that lands during a sweep starts another, so no group is
-//! left behind.
+//! one of a few groups (`changes::LONG_POLL_GROUPS`), and one relay task hands the newest
+//! durable sequence number to the groups in turn. After each group the relay queues itself
+//! behind the tasks it woke, so whatever else became ready runs after about one group's
+//! answers. (About: a worker's local queue holds 256 tasks and a larger wake spills into the
+//! runtime's global queue, which the relay does not wait for.) A sweep reaches every group with
+//! what was newest when it got there; a change that lands during a sweep starts another, so no
+//! group is left behind.
 //!
 //! A child's long-polls all wait in one group (chosen by its connection), so a child answered
 //! in a sweep waits for the next one rather than being answered twice in one, and the children
@@ -45,8 +47,9 @@ impl Turns {
 
     /// A place in the group of `seat` (a number of the child's connection, so that its
     /// long-polls keep one group; round robin without one): the newest durable sequence
-    /// number as it reaches that group. Starts the relay from `durable` (the store's own watch) the first time; it ends with the
-    /// store (when `durable`'s sender is dropped) or with the runtime it runs on.
+    /// number as it reaches that group. Starts the relay from `durable` (the store's own watch)
+    /// the first time; it ends with the store (when `durable`'s sender is dropped) or with the
+    /// runtime it runs on.
     pub(super) fn join(
         &self,
         durable: &watch::Sender<u64>,
@@ -65,8 +68,8 @@ impl Turns {
     }
 }
 
-/// Hand each new value of `durable` to every group in turn, the group woken answering before
-/// the next is handed it.
+/// Hand each new value of `durable` to every group in turn, queued behind each group's wake
+/// before the next.
 async fn relay(mut durable: watch::Receiver<u64>, groups: Arc<[watch::Sender<u64>]>) {
     loop {
         // Everything published after this starts another sweep.
@@ -89,7 +92,7 @@ async fn relay(mut durable: watch::Receiver<u64>, groups: Arc<[watch::Sender<u64
     }
 }
 
-/// Go on once every task queued on this worker now has run: the group just woken answers
+/// Go on once the tasks queued on this worker now have run: the group just woken answers
 /// before the next is handed its value. (A task that wakes itself is queued at the back;
 /// `tokio::task::yield_now` instead resumes at the worker's next driver poll, which comes
 /// every 61 tasks, so the sweep would outrun the answers.)
@@ -136,8 +139,8 @@ mod tests {
         let waiter = turns.join(&durable, Some(7));
         behind_the_queue().await;
         drop(durable);
-        // The relay held the only other receiver of the groups' senders: once it has ended,
-        // only `turns` holds them.
+        // The relay holds the only other reference to the groups: once it has ended, only
+        // `turns` holds them.
         tokio::time::timeout(Duration::from_secs(5), async {
             while Arc::strong_count(&turns.groups) > 1 {
                 tokio::task::yield_now().await;
