@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::access::{check, Need};
 use super::response::Reply;
@@ -21,7 +22,7 @@ use super::{query_value, Api, ConnectionSlot};
 use crate::auth::{Identity, Principal};
 use crate::config::{GatewayAction, RepositoryAction};
 use crate::oci::{Error, ErrorCode, Result};
-use crate::store::{ChangeEvent, Store};
+use crate::store::{EventPage, LoggedEvent, Store};
 
 pub const PREFIX: &str = "/acr/connected-registry/v1/";
 
@@ -102,14 +103,12 @@ pub(super) async fn handle(
             };
             check(identity, &Need::Gateway(child, GatewayAction::MessageRead))?;
             let mut req = req;
+            let slot = req.extensions().get::<ConnectionSlot>().cloned();
+            let seat = slot.as_ref().map(ConnectionSlot::seat);
             let stream = feed_stream::wanted(&req).then(|| feed_stream::Opening {
                 upgrade: hyper::upgrade::on(&mut req),
-                slot: req.extensions().get::<ConnectionSlot>().cloned(),
+                slot,
             });
-            let seat = req
-                .extensions()
-                .get::<ConnectionSlot>()
-                .map(ConnectionSlot::seat);
             let query = super::query(&req);
             // The request (headers, and the connection's read buffer they point into) is not
             // kept while the long-poll waits.
@@ -144,7 +143,7 @@ pub(super) async fn handle(
 /// for stream lines.
 pub(super) struct SharedPage {
     /// The events the last shared page was made from, and its bytes.
-    last: Mutex<Option<(Arc<[ChangeEvent]>, Bytes)>>,
+    last: Mutex<Option<(EventPage, Bytes)>>,
 }
 
 impl SharedPage {
@@ -159,7 +158,7 @@ impl SharedPage {
     pub(super) fn bytes(
         &self,
         page: &ChangesPage<'_>,
-        events: &Arc<[ChangeEvent]>,
+        events: &EventPage,
         render: fn(&ChangesPage<'_>) -> Vec<u8>,
     ) -> Bytes {
         if events.is_empty() || !page.holds_all(events.len()) {
@@ -183,7 +182,8 @@ impl SharedPage {
 /// One page of the change feed, as a long-poll answers it and a stream writes it.
 #[derive(Serialize)]
 pub(super) struct ChangesPage<'a> {
-    events: Vec<&'a ChangeEvent>,
+    /// Each event's JSON as the store keeps it: a page is rendered by copying them.
+    events: Vec<&'a RawValue>,
     pub(super) next: u64,
 }
 
@@ -241,11 +241,11 @@ pub(super) fn page_for<'e>(
     identity: &Identity,
     since: u64,
     ttl: Option<u64>,
-    events: &'e [ChangeEvent],
+    events: &'e [Arc<LoggedEvent>],
 ) -> Result<ChangesPage<'e>> {
     // A child that has missed events older than its message TTL must reconcile in full, as
     // if the parent had kept events only that long for it.
-    if let (Some(ttl), Some(first)) = (ttl, events.first()) {
+    if let (Some(ttl), Some(first)) = (ttl, events.first().map(|e| &e.event)) {
         // In range, so neither conversion nor subtraction can overflow.
         let ttl_delta = chrono::Duration::seconds(ttl as i64);
         if chrono::Utc::now()
@@ -264,10 +264,11 @@ pub(super) fn page_for<'e>(
             })));
         }
     }
-    let next = events.last().map_or(since, |e| e.seq);
+    let next = events.last().map_or(since, |e| e.event.seq);
     let events = events
         .iter()
-        .filter(|e| identity.holds(&e.repository, RepositoryAction::ContentRead))
+        .filter(|e| identity.holds(&e.event.repository, RepositoryAction::ContentRead))
+        .map(|e| &*e.json)
         .collect();
     Ok(ChangesPage { events, next })
 }

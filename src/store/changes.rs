@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
+use super::feed_tail::{EventPage, Tail};
 use super::feed_turns::Turns;
 use super::metadata::{decode_u64, ChangeEvent};
 use super::Store;
@@ -48,6 +49,8 @@ pub(super) struct Feed {
     pruned_through: AtomicU64,
     /// The page last read, handed to every long-poll asking for the same one.
     last_page: Mutex<Option<Page>>,
+    /// The log's newest events, for pages from any other recent cursor (streams drift apart).
+    tail: Tail,
     /// Long-polls wait here, woken a group at a time.
     long_polls: Turns,
 }
@@ -59,7 +62,7 @@ struct Page {
     since: u64,
     through: u64,
     limit: usize,
-    events: Arc<[ChangeEvent]>,
+    events: EventPage,
 }
 
 impl Feed {
@@ -71,6 +74,7 @@ impl Feed {
             meta,
             pruned_through: AtomicU64::new(pruned),
             last_page: Mutex::new(None),
+            tail: Tail::new(newest),
             long_polls: Turns::new(newest, LONG_POLL_GROUPS),
         })
     }
@@ -162,7 +166,7 @@ impl Store {
         since: u64,
         wait: Duration,
         limit: usize,
-    ) -> Result<Arc<[ChangeEvent]>> {
+    ) -> Result<EventPage> {
         self.wait_on(self.watch_changes(), since, wait, limit).await
     }
 
@@ -177,7 +181,7 @@ impl Store {
         since: u64,
         wait: Duration,
         limit: usize,
-    ) -> Result<Arc<[ChangeEvent]>> {
+    ) -> Result<EventPage> {
         let turn = self.feed.long_polls.join(&self.last_change, seat);
         self.wait_on(turn, since, wait, limit).await
     }
@@ -189,7 +193,7 @@ impl Store {
         since: u64,
         wait: Duration,
         limit: usize,
-    ) -> Result<Arc<[ChangeEvent]>> {
+    ) -> Result<EventPage> {
         let expired = || {
             Error::new(
                 ErrorCode::MessagesExpired,
@@ -226,9 +230,10 @@ impl Store {
         Ok(events)
     }
 
-    /// The durable events after `since` through `newest`, at most `limit`: read once and shared
-    /// by every long-poll that asks for the same page.
-    fn page(&self, since: u64, newest: u64, limit: usize) -> Result<Arc<[ChangeEvent]>> {
+    /// The durable events after `since` through `newest`, at most `limit`: made once and shared
+    /// by every long-poll that asks for the same page, and made from the log's tail in memory
+    /// when `since` is recent ([`super::feed_tail`]).
+    fn page(&self, since: u64, newest: u64, limit: usize) -> Result<EventPage> {
         let last_page = || {
             self.feed
                 .last_page
@@ -241,9 +246,11 @@ impl Store {
             }
         }
         // Only what is durable: an event still in flight could vanish in a crash.
-        let mut events = self.changes_since(since, limit)?;
-        events.retain(|e| e.seq <= newest);
-        let events: Arc<[ChangeEvent]> = events.into();
+        let events: EventPage = self
+            .feed
+            .tail
+            .page(&self.trees.changes, since, newest, limit)?
+            .into();
         *last_page() = Some(Page {
             since,
             through: newest,
@@ -282,6 +289,10 @@ mod tests {
     use crate::oci::{Digest, Reference, RepositoryName};
     use bytes::Bytes;
     use futures_util::stream;
+
+    fn events(page: &[Arc<crate::store::LoggedEvent>]) -> Vec<ChangeEvent> {
+        page.iter().map(|logged| logged.event.clone()).collect()
+    }
 
     async fn push(store: &Store, repo: &RepositoryName, tag: &str, n: u32) {
         let config = format!(r#"{{"n":{n}}}"#).into_bytes();
@@ -335,7 +346,7 @@ mod tests {
             .wait_for_changes(all[2].seq, Duration::ZERO, 10)
             .await
             .unwrap();
-        assert_eq!(&before[..], &all[3..]);
+        assert_eq!(events(&before), &all[3..]);
 
         // Nothing is old enough yet.
         let past = Utc::now() - chrono::Duration::days(1);
@@ -362,7 +373,7 @@ mod tests {
             .wait_for_changes(all[3].seq, Duration::ZERO, 10)
             .await
             .unwrap();
-        assert_eq!(&page[..], &all[4..]);
+        assert_eq!(events(&page), &all[4..]);
         assert!(store
             .wait_for_changes(newest, Duration::ZERO, 10)
             .await
@@ -397,11 +408,11 @@ mod tests {
         let events = waiter.await.unwrap().unwrap();
         assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].repository, "hello");
-        assert_eq!(events[0].tag.as_deref(), Some("latest"));
+        assert_eq!(events[0].event.repository, "hello");
+        assert_eq!(events[0].event.tag.as_deref(), Some("latest"));
 
         // With nothing new, a short wait times out empty.
-        let seq = events[0].seq;
+        let seq = events[0].event.seq;
         let empty = store
             .wait_for_changes(seq, Duration::from_millis(50), 10)
             .await
@@ -431,7 +442,7 @@ mod tests {
                             .wait_for_changes_in_turn(seat, since, Duration::from_secs(1), 1000)
                             .await
                             .unwrap();
-                        seen.extend(page.iter().map(|e| e.seq));
+                        seen.extend(page.iter().map(|e| e.event.seq));
                         since = seen.last().copied().unwrap_or(since);
                     }
                     seen
@@ -469,7 +480,7 @@ mod tests {
         let all = store.changes_since(0, 100).unwrap();
         let first = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
         let second = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
-        assert_eq!(&first[..], &all[..]);
+        assert_eq!(events(&first), &all[..]);
         assert!(Arc::ptr_eq(&first, &second), "the same page is read once");
 
         // Another cursor or another limit is another page, read afresh.
@@ -477,14 +488,14 @@ mod tests {
             .wait_for_changes(all[0].seq, Duration::ZERO, 10)
             .await
             .unwrap();
-        assert_eq!(&later[..], &all[1..]);
+        assert_eq!(events(&later), &all[1..]);
         let short = store.wait_for_changes(0, Duration::ZERO, 2).await.unwrap();
-        assert_eq!(&short[..], &all[..2]);
+        assert_eq!(events(&short), &all[..2]);
 
         // A new event makes a new page for the same cursor.
         push(&store, &repo, "v3", 3).await;
         let grown = store.wait_for_changes(0, Duration::ZERO, 10).await.unwrap();
         assert_eq!(grown.len(), 4);
-        assert_eq!(&grown[..3], &all[..]);
+        assert_eq!(events(&grown[..3]), &all[..]);
     }
 }

@@ -16,7 +16,8 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::metadata::{self, key2, key3};
+use super::feed_tail;
+use super::metadata::{key2, key3};
 use super::{ChangeEvent, Store};
 use crate::oci::{Digest, Error, ErrorCode, RepositoryName, Result};
 
@@ -230,19 +231,8 @@ impl Store {
     /// Change events with sequence number greater than `since`, oldest first, at most `limit`
     /// and at most [`CHANGES_PAGE_BYTES`] of JSON (always at least one event when there is one).
     pub fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<ChangeEvent>> {
-        let mut events = metadata::changes_since(&self.trees.changes, since, limit)?;
-        let mut bytes = 0usize;
-        let mut keep = 0;
-        for event in &events {
-            let size = serde_json::to_vec(event).map_or(0, |j| j.len()) + 1;
-            if keep > 0 && bytes + size > CHANGES_PAGE_BYTES {
-                break;
-            }
-            bytes += size;
-            keep += 1;
-        }
-        events.truncate(keep);
-        Ok(events)
+        let page = feed_tail::read_log(&self.trees.changes, since, u64::MAX, limit)?;
+        Ok(page.iter().map(|logged| logged.event.clone()).collect())
     }
 }
 

@@ -89,7 +89,7 @@ pub(super) fn decode_digest(v: &[u8]) -> Result<Digest> {
         .map_err(|_| corrupt("stored digest is invalid"))
 }
 
-fn corrupt(what: &str) -> Error {
+pub(super) fn corrupt(what: &str) -> Error {
     Error::new(ErrorCode::Unknown, format!("corrupt metadata: {what}"))
 }
 
@@ -201,20 +201,6 @@ pub(super) fn record_change(
     let json = serde_json::to_vec(&event).expect("change events serialise");
     changes.insert(&seq.to_be_bytes(), json)?;
     Ok(())
-}
-
-pub(super) fn changes_since(
-    changes: &sled::Tree,
-    since: u64,
-    limit: usize,
-) -> Result<Vec<ChangeEvent>> {
-    let start = since.saturating_add(1).to_be_bytes();
-    let mut out = Vec::new();
-    for item in changes.range(start..).take(limit) {
-        let (_, v) = item?;
-        out.push(serde_json::from_slice(&v).map_err(|_| corrupt("change event"))?);
-    }
-    Ok(out)
 }
 
 pub(super) fn newest_change(changes: &sled::Tree) -> Result<u64> {

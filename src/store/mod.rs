@@ -17,6 +17,7 @@ pub mod children;
 mod counters;
 mod deletes;
 mod evict;
+mod feed_tail;
 mod feed_turns;
 pub mod file_pieces;
 pub mod format;
@@ -55,6 +56,7 @@ use crate::oci::{
 pub(crate) use blob_reads::blob_file_for_tests;
 pub use blob_reads::Delivery;
 pub use blobs::BlobFiles;
+pub use feed_tail::{EventPage, LoggedEvent};
 use locks::{RepoGuard, RepoLocks};
 pub use manifest_cache::ManifestCacheUsage;
 use metadata::{key2, key3, ManifestRecord, Trees};
