@@ -2,13 +2,13 @@
 //! from any recent cursor is a few pointer copies rather than a read of the log.
 //!
 //! After a push every waiting child asks for a page. Long-polls mostly ask from one cursor and
-//! share one read (`changes::Feed::last_page`), but streams drift apart: at 100 pushes a second
-//! 10 000 streams asked from hundreds of cursors, each page was read from sled, deserialised,
-//! serialised again to measure it and once more to write it, and on a slow VM the streams fell
-//! behind and stayed behind, every lagging page costing more than the last (BENCHMARKS.md,
-//! "The feed's tail in memory"). Here each durable event is read from the log once, kept with
-//! its JSON (what a page carries), and a page is a slice of the window: its byte bound is a sum
-//! and its rendering a copy.
+//! share one read (`changes::Feed::last_page`), but streams drift apart and ask from many, and
+//! each such page was read from sled, deserialised, serialised again to size it and once more to
+//! write it. A stream that lagged asked for a longer page, which cost more, so it lagged more:
+//! 10 000 streams fell behind for good in 4 of 6 runs at 100 pushes a second on one VM and in
+//! every run at 300 on another (BENCHMARKS.md, "The feed's tail in memory"). Here each durable
+//! event is read from the log once and kept with its JSON (what a page carries), and a page is a
+//! slice of the window: its byte bound is a sum and its rendering a copy.
 //!
 //! The window holds every durable event with a sequence number in `(after, through]`, at most
 //! [`TAIL_EVENTS`] events and [`TAIL_BYTES`] of JSON; it grows at the new end as readers ask for
